@@ -1,0 +1,100 @@
+"""The organisms: what each is, its architecture, its task, and how it is trained.
+
+Every organism is a TransformerLens ``HookedTransformer`` over the default code tokenizer
+(``mechscope.data.default_tokenizer()``, 4096 tokens), trained from ``seed`` on a mix of its
+task's *train* split and contexts of the embedded code corpus (the stdlib's train split);
+its card is measured on the task's *held-out* split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from mechscope.errors import ModelSpecError
+
+
+@dataclass(frozen=True)
+class OrganismSpec:
+    name: str
+    description: str
+    task: str  # a mechscope.tasks name
+    variant: str
+    task_kwargs: dict = field(default_factory=dict)
+    # architecture (TransformerLens config)
+    n_layers: int = 2
+    n_heads: int = 4
+    d_model: int = 64
+    d_head: int = 16
+    d_mlp: int | None = None  # None: attention-only
+    n_ctx: int = 64
+    pos_embed: str = "standard"  # or "shortformer" (positions enter only queries and keys, as in TL's attn-only-2l)
+    # training
+    seed: int = 0
+    steps: int = 2000
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup: int = 100
+    task_batch: int = 32
+    corpus_batch: int = 8
+    corpus_ctx: int = 64
+    train_pool: int = 20_000  # task prompts pre-drawn from the train split
+    concentrate: float = 0.0  # weight of the circuit-concentration (group-lasso) penalty on task rows
+    # induction organism: task rows are random sequences repeated with a random period (see train.py)
+    induction_period: tuple[int, int] | None = None
+    induction_row_len: int = 48
+    induction_max_prefix: int = 10
+
+    @property
+    def attn_only(self) -> bool:
+        return self.d_mlp is None
+
+    def tl_config(self):
+        from transformer_lens import HookedTransformerConfig
+
+        return HookedTransformerConfig(
+            n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads, d_head=self.d_head, n_ctx=self.n_ctx,
+            d_vocab=4096, d_mlp=self.d_mlp, attn_only=self.attn_only, act_fn=None if self.attn_only else "gelu",
+            normalization_type="LN", positional_embedding_type=self.pos_embed, seed=self.seed, device="cpu",
+            default_prepend_bos=False,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SPECS: dict[str, OrganismSpec] = {
+    s.name: s
+    for s in [
+        OrganismSpec(
+            name="induction-2l",
+            description="2-layer attention-only transformer with induction heads, trained on the embedded code corpus "
+                        "plus repeated random token sequences.",
+            task="induction", variant="random", task_kwargs={"seq_len": 10, "prefix_len": 5},
+            induction_period=(4, 20), steps=1500,
+        ),
+        OrganismSpec(
+            name="docstring-2l",
+            description="2-layer attention-only transformer that completes docstring :param lines with the next def argument "
+                        "(a docstring-like argument-copying task) and models code.",
+            task="docstring", variant="code", steps=2500,
+        ),
+        OrganismSpec(
+            name="greater-than-2l",
+            description="2-layer transformer with MLPs that completes 'The X lasted from the year XXYY to the year XX' with a "
+                        "year after YY, and models code.",
+            task="greater_than", variant="paper", d_mlp=256, steps=2000,
+        ),
+        OrganismSpec(
+            name="ioi-2l",
+            description="2-layer attention-only transformer that solves an IOI-like name-mover task with identifier names "
+                        "('After B and A went to the queue, B gave a item to' -> A), and models code.",
+            task="ioi", variant="code", steps=2000,
+        ),
+    ]
+}
+
+
+def get_spec(name: str) -> OrganismSpec:
+    if name not in SPECS:
+        raise ModelSpecError(f"no organism recipe named {name!r}; known: {', '.join(SPECS)}")
+    return SPECS[name]

@@ -1,0 +1,75 @@
+"""The measuring tools behind the model cards: mean-ablation masks, exhaustive search, patching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mechscope.errors import ConfigError
+from mechscope.models import load_model
+from mechscope.zoo.analysis import (answer_logits, component_names, evaluate_masks, exhaustive_search, mean_activations,
+                                    nodes_to_mask, patching_effects)
+from mechscope.zoo.cards import load_card, task_for
+from mechscope.zoo.specs import SPECS
+
+
+@pytest.fixture(scope="module")
+def induction():
+    torch.set_num_threads(1)
+    model = load_model("zoo:induction-2l", device="cpu")
+    spec = SPECS["induction-2l"]
+    task = task_for(spec, model.tokenizer, 48, 777, "heldout")
+    means = mean_activations(model, task_for(spec, model.tokenizer, 96, 778, "heldout").clean)
+    return model, task, means
+
+
+def test_answer_logits_match_full_forward(induction):
+    model, task, _ = induction
+    with torch.no_grad():
+        full = model.module(task.clean)
+    got = answer_logits(model, task.clean, task.answer_pos)
+    assert torch.allclose(got, full[torch.arange(len(task)), task.answer_pos], atol=1e-4)
+
+
+def test_masks_all_and_none(induction):
+    model, task, means = induction
+    K = len(component_names(model))
+    keep = torch.stack([torch.ones(K, dtype=torch.bool), torch.zeros(K, dtype=torch.bool)])
+    m = evaluate_masks(model, task, keep, means)
+    with torch.no_grad():
+        full = float(task.metric(model.module(task.clean)))
+    assert float(m[0]) == pytest.approx(full, abs=1e-3)  # keeping everything is the unablated model
+    assert float(m[1]) < 0.2 * full  # ablating everything removes the behaviour
+    with pytest.raises(ConfigError, match="one column per component"):
+        evaluate_masks(model, task, keep[:, :3], means)
+    with pytest.raises(ConfigError, match="not components"):
+        nodes_to_mask(model, ["7.7"])
+
+
+def test_exhaustive_search_reproduces_card_circuit(induction):
+    model, task, means = induction
+    res = exhaustive_search(model, task, means)
+    card = load_card("induction-2l")
+    assert res["n_subsets"] == 2 ** len(component_names(model)) == len(res["table"])
+    assert sorted(res["circuit"]["nodes"]) == sorted(card["circuit"]["nodes"])
+    assert res["table"][-1] == pytest.approx(1.0) and res["table"][0] == pytest.approx(0.0)
+    # the chosen circuit is minimal: no smaller subset is both sufficient and necessary
+    size = len(res["circuit"]["nodes"])
+    K = len(res["components"])
+    for i, f in enumerate(res["table"]):
+        if bin(i).count("1") < size:
+            assert not (f >= 0.9 and res["table"][(2 ** K - 1) ^ i] <= 0.2)
+
+
+def test_patching_effects_consistent(induction):
+    model, task, _ = induction
+    p = patching_effects(model, task, nodes=load_card("induction-2l")["circuit"]["nodes"])
+    last = model.module.cfg.n_layers - 1
+    for comp, d in p["direct"].items():
+        if comp.startswith(f"{last}."):  # the last layer's heads only reach the logits directly
+            assert d == pytest.approx(p["total"][comp], abs=0.05)
+    assert p["metric_corrupted"] < p["metric_clean"]
+    for e in p["edges_measured"]:
+        src, dst = e["src"], e["dst"]
+        if src != "embed" and dst != "logits":
+            assert int(src.split(".")[0]) < int(dst.split(".")[0])

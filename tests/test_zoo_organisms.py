@@ -1,0 +1,108 @@
+"""Shipped organisms: they load, solve their task on fresh held-out prompts as their cards say,
+and their recorded circuits are sufficient (>= 90 % kept alone) and necessary (ablating them
+destroys the behaviour). No training here — only the shipped weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mechscope.models import load_model
+from mechscope.zoo.analysis import circuit_faithfulness, component_names, mean_activations
+from mechscope.zoo.cards import load_card, organism_ground_truth, task_for, task_metrics
+from mechscope.zoo.registry import find_organism, organism_names
+from mechscope.zoo.specs import SPECS
+
+ORGANISMS = sorted(SPECS)
+FRESH_SEED = 4242  # not the card's evaluation seed (1000)
+N_FRESH = 192
+
+
+@pytest.fixture(scope="module", params=ORGANISMS)
+def organism(request):
+    torch.set_num_threads(1)
+    name = request.param
+    model = load_model(f"zoo:{name}", device="cpu")
+    card = load_card(name)
+    spec = SPECS[name]
+    task = task_for(spec, model.tokenizer, N_FRESH, FRESH_SEED, "heldout")
+    reference = task_for(spec, model.tokenizer, 128, FRESH_SEED + 1, "heldout")
+    return name, model, card, spec, task, reference
+
+
+def test_all_recipes_are_shipped():
+    assert set(ORGANISMS) <= set(organism_names())
+    assert len(ORGANISMS) >= 4
+
+
+def test_organism_files_and_card(organism):
+    name, model, card, spec, _, _ = organism
+    d = find_organism(name)
+    assert (d / "tokenizer.json").exists() and (d / "card.md").exists()
+    assert (d / "model.safetensors").stat().st_size < 4_000_000
+    assert model.module.cfg.n_layers == spec.n_layers and model.module.cfg.attn_only == spec.attn_only
+    comps = component_names(model)
+    nodes = card["circuit"]["nodes"]
+    assert set(nodes) < set(comps) and len(nodes) <= len(comps) // 2, "the circuit must be a proper, sparse subset"
+    assert card["circuit"]["search"]["method"] == "exhaustive" and card["circuit"]["search"]["n_subsets"] == 2 ** len(comps)
+    assert len(card["circuit"]["table"]) == 2 ** len(comps)
+    assert card["circuit"]["faithfulness"] >= 0.9 and card["circuit"]["complement_faithfulness"] <= 0.2
+    assert card["metrics"]["heldout"]["accuracy"] >= 0.8, "the organism must really solve its task"
+    for section in ("metrics", "mean_ablation", "path_patching", "circuit"):
+        assert card[section]["command"].startswith(f"mechscope zoo verify {name}")
+
+
+def test_heldout_metric_matches_card(organism):
+    name, model, card, spec, task, _ = organism
+    now = task_metrics(model, task)
+    was = card["metrics"]["heldout"]
+    metric = card["task"]["metric"]
+    assert abs(now["accuracy"] - was["accuracy"]) <= 0.08, (now, was)
+    assert abs(now[metric] - was[metric]) <= 0.15 * abs(was[metric]) + 0.05, (now, was)
+    corrupted = task_metrics(model, task, corrupted=True)
+    assert corrupted[metric] < 0.5 * now[metric], "corruption should remove most of the behaviour"
+
+
+def test_circuit_sufficient_and_necessary(organism):
+    name, model, card, spec, task, reference = organism
+    nodes = card["circuit"]["nodes"]
+    r = circuit_faithfulness(model, task, nodes, means=mean_activations(model, reference.clean))
+    assert r["faithfulness"] >= 0.9, r
+    assert r["complement_faithfulness"] <= 0.2, r
+    assert r["accuracy_circuit_only"] >= 0.8 * r["accuracy_full"], r
+    assert r["accuracy_circuit_ablated"] <= 0.35 * r["accuracy_full"], r
+
+
+def test_ground_truth_from_card(organism):
+    name, _, card, spec, _, _ = organism
+    gt = organism_ground_truth(name)
+    assert gt.model == f"zoo:{name}" and gt.task == spec.task and gt.nodes == card["circuit"]["nodes"]
+    from mechscope.tasks import load_ground_truth
+
+    assert load_ground_truth(f"zoo:{name}") == gt
+
+
+def test_induction_circuit_roles():
+    """Induction organism: previous-token heads in layer 0 and induction heads in layer 1."""
+    card = load_card("induction-2l")
+    layers = {n.split(".")[0] for n in card["circuit"]["nodes"]}
+    assert layers == {"0", "1"}
+    edges = card["circuit"]["edges"]
+    assert any(src.startswith("0.") and dst.startswith("1.") and dst.endswith(".k") for src, dst in edges), edges
+
+
+def test_cli_list_and_show(capsys):
+    from mechscope.cli import main
+
+    assert main(["zoo", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} >= set(ORGANISMS) and all(r["shipped"] and r["circuit"] for r in rows)
+    assert main(["zoo", "show", "ioi-2l", "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["circuit"]["nodes"] and "heldout" in card["metrics"] and card["task"]["name"] == "ioi"
+    assert main(["zoo", "show", "greater-than-2l"]) == 0
+    assert "## Circuit" in capsys.readouterr().out
+    assert main(["zoo", "show", "no-such-organism"]) == 2
+    assert "no zoo organism named" in capsys.readouterr().err
