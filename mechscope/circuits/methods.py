@@ -1,0 +1,50 @@
+"""The circuit methods by name, behind one call: ``find_circuit(model, task, method, **params)``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from mechscope.circuits.circuit import Circuit
+from mechscope.circuits.errors import UnknownMethodError
+
+
+def _registry() -> dict[str, tuple[Callable[..., Circuit], dict]]:
+    from mechscope.circuits.ablation import find_ablation
+    from mechscope.circuits.acdc import find_acdc
+    from mechscope.circuits.discrete_codes import find_discrete_codes
+    from mechscope.circuits.eap import find_eap
+    from mechscope.circuits.eap_ig import find_eap_ig
+    from mechscope.circuits.patching import find_patching
+
+    return {
+        "discrete_codes": (find_discrete_codes, {}),
+        "ablation_zero": (find_ablation, {"ablation": "zero"}),
+        "ablation_mean": (find_ablation, {"ablation": "mean"}),
+        "ablation_resample": (find_ablation, {"ablation": "resample"}),
+        "patching": (find_patching, {}),
+        "eap": (find_eap, {}),
+        "eap_ig": (find_eap_ig, {}),
+        "acdc": (find_acdc, {}),
+    }
+
+
+METHODS = ("discrete_codes", "ablation_zero", "ablation_mean", "ablation_resample", "patching", "eap", "eap_ig", "acdc")
+
+
+def find_circuit(model, task, method: str, **params) -> Circuit:
+    """Run circuit method ``method`` (one of :data:`METHODS`) on ``model`` and ``task``.
+
+    ``params`` go to the method (e.g. ``n_latents=64`` for ``discrete_codes``, ``steps=10`` for
+    ``eap_ig``, ``n_thresholds=12`` for ``acdc``); an unknown name raises
+    :class:`~mechscope.circuits.errors.UnknownMethodError` naming the valid ones.
+    """
+    reg = _registry()
+    if method not in reg:
+        raise UnknownMethodError(method, list(METHODS))
+    fn, fixed = reg[method]
+    circuit = fn(model, task, **fixed, **params)
+    from mechscope.circuits.graph import Graph
+
+    g = Graph.of(model)
+    circuit.metadata.setdefault("graph", {"n_layers": g.n_layers, "n_heads": g.n_heads, "has_mlp": g.has_mlp})
+    return circuit
