@@ -61,13 +61,13 @@ class BlackBoxHandle:
     input. Numeric outputs get additive Gaussian noise of std ``noise`` (fresh per query,
     seeded, so runs are reproducible).
 
-    Attributes an interpreter may read: ``category``, ``domain`` (``(lo, hi)`` for numeric
+    Attributes an interpreter may read: ``label`` (a name for logs), ``category``, ``domain`` (``(lo, hi)`` for numeric
     functions, an input-distribution name otherwise), ``budget``, ``used``, ``remaining``,
     ``log`` (list of ``{"inputs", "outputs", "t"}``).
     """
 
     def __init__(self, fn: Callable, category: str = "numeric", domain: Any = None, budget: int | None = None,
-                 noise: float = 0.0, seed: int = 0):
+                 noise: float = 0.0, seed: int = 0, label: str = ""):
         if category not in DEFAULT_BUDGETS:
             raise ConfigError(f"category must be one of {sorted(DEFAULT_BUDGETS)}, found {category!r}")
         if budget is None:
@@ -77,6 +77,7 @@ class BlackBoxHandle:
         if category == "numeric" and domain is None:
             domain = (-10.0, 10.0)
         self._fn = fn
+        self.label = label
         self.category = category
         self.domain = tuple(domain) if category == "numeric" else domain
         self.budget = int(budget)

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mechscope.errors import FormatError
+from mechscope.errors import FormatError, MechscopeError
 from mechscope.find.functions import Function, compile_code
 from mechscope.find.inputs import lexicon, string_inputs
 from mechscope.find.protocol import BlackBoxHandle, Interpretation
@@ -140,14 +140,15 @@ def keyword_match(description: str, groups: list[list[str]]) -> float | None:
 
 
 def score_interpretation(function: Function, interp: Interpretation, handle: BlackBoxHandle | None = None,
-                         judge=None, n_heldout: int | None = None) -> dict:
+                         judge=None, n_heldout: int | None = None, truth: Callable | None = None) -> dict:
     """Score one interpretation against ``function``'s ground truth; returns a flat dict.
 
     Always has ``score`` (the category's headline code score, in [0, 1]) and ``code_error``
     (why the code could not be compiled, else ``None``). ``handle`` lets the string and neuron
-    scorers exclude inputs the interpreter already queried.
+    scorers exclude inputs the interpreter already queried. ``truth`` replaces the function's
+    compiled code (to score against any callable).
     """
-    truth = function.compile()
+    truth = truth or function.compile()
     out: dict[str, Any] = {"code_error": None}
     try:
         pred = compile_code(interp.code or "", what="interpretation code")
@@ -170,5 +171,10 @@ def score_interpretation(function: Function, interp: Interpretation, handle: Bla
         out["heldout"] = len(words) >= 50
         out.update(neuron_correlation(truth, pred, words if out["heldout"] else list(lexicon())))
     out["description_keyword"] = keyword_match(interp.description, function.meta.get("keywords", []))
-    out["description_judge"] = judge.score(function.description, interp.description) if judge is not None else None
+    out["description_judge"] = None
+    if judge is not None and function.description:
+        try:
+            out["description_judge"] = judge.score(function.description, interp.description)
+        except MechscopeError as e:  # recorded next to the score; the code scores still stand
+            out["judge_error"] = str(e)
     return out

@@ -14,7 +14,7 @@ import numpy as np
 HIDDEN = 16
 
 
-def train_mlp(fn: Callable, lo: float, hi: float, seed: int, steps: int = 1500) -> dict:
+def train_mlp(fn: Callable, lo: float, hi: float, seed: int, steps: int = 600) -> dict:
     """Fit ``fn`` on ``[lo, hi]``; returns numpy weights and the input/output normalisation."""
     import torch
 
@@ -35,7 +35,7 @@ def train_mlp(fn: Callable, lo: float, hi: float, seed: int, steps: int = 1500) 
             net[0].weight.mul_(3.0)
         X = torch.tensor((xs - xc) / xs_, dtype=torch.float64)[:, None]
         Y = torch.tensor((ys - ym) / ysd, dtype=torch.float64)[:, None]
-        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        opt = torch.optim.Adam(net.parameters(), lr=2e-2)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         for _ in range(steps):
             opt.zero_grad()

@@ -77,13 +77,48 @@ class Family:
 
     def formula(self, theta, beta, ctx: Ctx) -> str:
         """A readable formula with rounded numbers."""
+        if self.name.startswith("poly"):
+            return _poly_formula(beta, ctx)
+        if self.name == "sine" and beta[1] != 0 and beta[2] != 0:
+            amp, ph = math.hypot(beta[1], beta[2]), math.atan2(beta[2], beta[1])
+            return _tidy(f"{_g(amp)}*sin({_g(theta[0])}*x + {_g(ph)}) + {_g(beta[0])}")
         parts = []
         for b, t in zip(beta, self.terms(theta, ctx)):
-            if abs(b) < 1e-12:
+            if b == 0:
                 continue
             t = _short(t)
             parts.append(_g(b) if t == "1" else f"{_g(b)}*{t}")
-        return " + ".join(parts).replace("+ -", "- ") or "0"
+        return _tidy(" + ".join(parts)) or "0"
+
+
+def _tidy(src: str) -> str:
+    """Cosmetics for formulas: ``+ -`` -> ``-``, drop ``1*``, ``x - 0`` -> ``x``, ``+ 0`` terms."""
+    import re
+
+    s = src.replace("+ -", "- ")
+    s = re.sub(r"(?<![0-9.e])1\*", "", s)
+    s = re.sub(r"x - 0(\.0)?(?![0-9.])", "x", s).replace("x - -", "x + ")
+    s = re.sub(r"(?<![A-Za-z_])\(x\)", "x", s)
+    s = re.sub(r" \+ 0(?![0-9.])", "", s)
+    s = re.sub(r"x / 1(?![0-9.])", "x", s)
+    return s
+
+
+def _poly_formula(beta, ctx: Ctx) -> str:
+    """The polynomial in ``u = (x - c)/s`` expanded into powers of ``x``."""
+    P = np.polynomial.Polynomial
+    p = P([0.0])
+    for k, b in enumerate(beta):
+        p = p + b * P([-ctx.c / ctx.s, 1 / ctx.s]) ** k
+    coef = p.coef
+    scale = max(np.max(np.abs(coef)), 1e-300)
+    terms = []
+    for k in range(len(coef) - 1, -1, -1):
+        c = coef[k]
+        if abs(c) < 1e-9 * scale:
+            continue
+        terms.append(_g(c) + ("" if k == 0 else "*x" if k == 1 else f"*x**{k}"))
+    return _tidy(" + ".join(terms)) or "0"
 
 
 def _short(src: str) -> str:
@@ -107,6 +142,14 @@ def _outside(ctx: Ctx, n: int) -> np.ndarray:
 
 def _widths(ctx: Ctx, n: int, a: float = -3, b: float = 0.3) -> np.ndarray:
     return ctx.W * np.logspace(a, b, n)
+
+
+def _step_grid(ctx: Ctx, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Midpoints of the largest gaps between consecutive sorted samples, plus a coarse grid."""
+    o = np.argsort(x)
+    xs, ys = x[o], y[o]
+    big = np.argsort(-np.abs(np.diff(ys)))[:8]
+    return np.concatenate([(xs[big] + xs[big + 1]) / 2, _locs(ctx, 40)])[:, None]
 
 
 def _mesh(a, b) -> np.ndarray:
@@ -222,6 +265,12 @@ def _one_col(name: str, n_theta: int, col: Callable, grid: Callable, term: Calla
                   lambda th, ctx: ["1"] + ([ctx.usrc()] if linear else []) + [term(th, ctx)], phrase)
 
 
+def _valid_pow(T, ctx: Ctx, v):
+    """NaN (a rejected fit) for exponents outside [0.05, 6] or centres far outside the domain."""
+    bad = (T[:, 1:2] < 0.05) | (T[:, 1:2] > 6) | (np.abs(T[:, :1] - ctx.c) > 10 * ctx.W)
+    return np.where(bad, np.nan, v)
+
+
 def _c(T):
     return T[:, :1]
 
@@ -246,17 +295,28 @@ def _families_other() -> list[Family]:
         lambda th, b, ctx: f"a logarithm, log|x - {_g(th[0])}|"))
     # power of the distance to a point; and the signed (odd) power
     F.append(_one_col(
-        "power", 2, lambda x, T, ctx: (np.abs(x - _c(T)) / ctx.s) ** T[:, 1:2],
+        "power", 2, lambda x, T, ctx: _valid_pow(T, ctx, (np.abs(x - _c(T)) / ctx.s) ** T[:, 1:2]),
         lambda ctx, x, y: _mesh(np.concatenate([_locs(ctx, 25), _outside(ctx, 16)]), [0.25, 1 / 3, 0.5, 0.75, 1.5, 2, 2.5, 3, 4]),
         lambda th, ctx: f"(abs(x - {_r(th[0])}) / {ctx.s!r})**{_r(th[1])}",
         lambda th, b, ctx: (f"a square root of |x - {_g(th[0])}|" if abs(th[1] - 0.5) < 0.02
                             else f"a power |x - {_g(th[0])}|^{_g(th[1])}")))
     F.append(_one_col(
-        "signed_power", 2, lambda x, T, ctx: np.sign(x - _c(T)) * (np.abs(x - _c(T)) / ctx.s) ** T[:, 1:2],
+        "signed_power", 2, lambda x, T, ctx: _valid_pow(T, ctx, np.sign(x - _c(T)) * (np.abs(x - _c(T)) / ctx.s) ** T[:, 1:2]),
         lambda ctx, x, y: _mesh(_locs(ctx, 25), [0.2, 1 / 3, 0.5, 0.75]),
         lambda th, ctx: f"np.sign(x - {_r(th[0])})*(abs(x - {_r(th[0])}) / {ctx.s!r})**{_r(th[1])}",
         lambda th, b, ctx: (f"a cube root of (x - {_g(th[0])})" if abs(th[1] - 1 / 3) < 0.02
                             else f"a signed power sign(x - c)|x - c|^{_g(th[1])} with c = {_g(th[0])}")))
+    # one-sided powers: max(0, x - c)^p and max(0, c - x)^p (square roots and ramps that start at c)
+    F.append(_one_col(
+        "ramp_power", 2, lambda x, T, ctx: _valid_pow(T, ctx, (np.maximum(0.0, x - _c(T)) / ctx.s) ** T[:, 1:2]),
+        lambda ctx, x, y: _mesh(_locs(ctx, 30), [1 / 3, 0.5, 0.75, 1.5, 2, 3]),
+        lambda th, ctx: f"(max(0.0, x - {_r(th[0])}) / {ctx.s!r})**{_r(th[1])}",
+        lambda th, b, ctx: f"zero for x < {_g(th[0])}, then a power (x - {_g(th[0])})^{_g(th[1])}"))
+    F.append(_one_col(
+        "ramp_power_left", 2, lambda x, T, ctx: _valid_pow(T, ctx, (np.maximum(0.0, _c(T) - x) / ctx.s) ** T[:, 1:2]),
+        lambda ctx, x, y: _mesh(_locs(ctx, 30), [1 / 3, 0.5, 0.75, 1.5, 2, 3]),
+        lambda th, ctx: f"(max(0.0, {_r(th[0])} - x) / {ctx.s!r})**{_r(th[1])}",
+        lambda th, b, ctx: f"a power ({_g(th[0])} - x)^{_g(th[1])} for x < {_g(th[0])}, zero above"))
     # hinge: ReLU, leaky ReLU and |x| are all a + b*u + d*max(0, x - c)
     F.append(_one_col(
         "hinge", 1, lambda x, T, ctx: np.maximum(0.0, x - _c(T)) / ctx.s,
@@ -266,23 +326,28 @@ def _families_other() -> list[Family]:
     F.append(_one_col(
         "softplus", 2, lambda x, T, ctx: _w(T) * np.logaddexp(0.0, (x - _c(T)) / _w(T)) / ctx.s,
         lambda ctx, x, y: _mesh(_locs(ctx, 30), _widths(ctx, 10, -3, -0.5)),
-        lambda th, ctx: f"{abs(th[1])!r}*np.logaddexp(0.0, (x - {_r(th[0])}) / {abs(th[1])!r}) / {ctx.s!r}",
+        lambda th, ctx: f"{float(abs(th[1]))!r}*np.logaddexp(0.0, (x - {_r(th[0])}) / {float(abs(th[1]))!r}) / {ctx.s!r}",
         lambda th, b, ctx: f"a smooth ReLU (softplus) bending at x = {_g(th[0])}", linear=True))
     F.append(_one_col(
         "sigmoid", 2, lambda x, T, ctx: np.tanh((x - _c(T)) / _w(T)),
         lambda ctx, x, y: _mesh(_locs(ctx, 30), _widths(ctx, 12, -3, 0)),
-        lambda th, ctx: f"np.tanh((x - {_r(th[0])}) / {abs(th[1])!r})",
+        lambda th, ctx: f"np.tanh((x - {_r(th[0])}) / {float(abs(th[1]))!r})",
         lambda th, b, ctx: f"a sigmoid (tanh) step centred at x = {_g(th[0])} with width {_g(abs(th[1]))}"))
     F.append(_one_col(
         "gaussian", 2, lambda x, T, ctx: np.exp(-(((x - _c(T)) / _w(T)) ** 2)),
         lambda ctx, x, y: _mesh(_locs(ctx, 40, 0.1), _widths(ctx, 12, -2.5, 0)),
-        lambda th, ctx: f"np.exp(-((x - {_r(th[0])}) / {abs(th[1])!r})**2)",
+        lambda th, ctx: f"np.exp(-((x - {_r(th[0])}) / {float(abs(th[1]))!r})**2)",
         lambda th, b, ctx: f"a Gaussian bump centred at x = {_g(th[0])} with width {_g(abs(th[1]))}"))
     F.append(_one_col(
         "sinc", 2, lambda x, T, ctx: np.sinc((x - _c(T)) / _w(T)),
         lambda ctx, x, y: _mesh(_locs(ctx, 40), _widths(ctx, 10, -2.5, -0.5)),
-        lambda th, ctx: f"np.sinc((x - {_r(th[0])}) / {abs(th[1])!r})",
+        lambda th, ctx: f"np.sinc((x - {_r(th[0])}) / {float(abs(th[1]))!r})",
         lambda th, b, ctx: f"a sinc, sin(pi z)/(pi z) with z = (x - {_g(th[0])})/{_g(abs(th[1]))}"))
+    F.append(_one_col(
+        "step", 1, lambda x, T, ctx: (x > _c(T)).astype(float),
+        lambda ctx, x, y: _step_grid(ctx, x, y),
+        lambda th, ctx: f"float(x > {_r(th[0])})",
+        lambda th, b, ctx: f"a step at x = {_g(th[0])} (from {_g(b[0])} to {_g(b[0] + b[1])})"))
     F.append(_one_col(
         "hyperbola", 1, lambda x, T, ctx: ctx.s / (x - _c(T)),
         lambda ctx, x, y: _outside(ctx, 80)[:, None],
@@ -296,8 +361,8 @@ def _families_other() -> list[Family]:
 
     F.append(Family(
         "rational", 2, b_lor, lambda ctx, x, y: _mesh(_locs(ctx, 40, 0.2), _widths(ctx, 12, -2.5, 0.3)),
-        lambda th, ctx: ["1", f"{th[1] ** 2!r} / ((x - {_r(th[0])})**2 + {th[1] ** 2!r})",
-                         f"{abs(th[1])!r}*(x - {_r(th[0])}) / ((x - {_r(th[0])})**2 + {th[1] ** 2!r})"],
+        lambda th, ctx: ["1", f"{float(th[1] ** 2)!r} / ((x - {_r(th[0])})**2 + {float(th[1] ** 2)!r})",
+                         f"{float(abs(th[1]))!r}*(x - {_r(th[0])}) / ((x - {_r(th[0])})**2 + {float(th[1] ** 2)!r})"],
         lambda th, b, ctx: f"a rational function (Lorentzian) centred at x = {_g(th[0])} with width {_g(abs(th[1]))}"))
     return F
 

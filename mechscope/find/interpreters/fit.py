@@ -67,12 +67,23 @@ def batched_lstsq(Phi: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return bs / scale[:, 0, :], rss
 
 
-def solve_one(Phi: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """Accurate least squares for one design ``Phi[n, k]`` (column-scaled lstsq)."""
-    if not np.all(np.isfinite(Phi)):
+def solve_one(Phi: np.ndarray, y: np.ndarray, exact: bool = False) -> tuple[np.ndarray, float]:
+    """Least squares for one design ``Phi[n, k]`` with scaled columns: normal equations (fast),
+    or ``lstsq`` when ``exact`` or when the normal equations are ill-conditioned."""
+    scale = np.abs(Phi).max(axis=0) + 1e-300
+    if not np.isfinite(scale).all():
         return np.zeros(Phi.shape[1]), np.inf
-    scale = np.max(np.abs(Phi), axis=0) + 1e-300
-    bs, *_ = np.linalg.lstsq(Phi / scale, y, rcond=None)
+    Ps = Phi / scale
+    bs = None
+    if not exact:
+        G = Ps.T @ Ps
+        d = np.diag(G)
+        try:
+            bs = np.linalg.solve(G + 1e-13 * d.max() * np.eye(len(d)), Ps.T @ y)
+        except np.linalg.LinAlgError:
+            bs = None
+    if bs is None:
+        bs, *_ = np.linalg.lstsq(Ps, y, rcond=None)
     beta = bs / scale
     r = y - Phi @ beta
     return beta, float(r @ r)
@@ -81,19 +92,24 @@ def solve_one(Phi: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
 def _vp(fam: Family, theta: np.ndarray, x, y, ctx) -> tuple[np.ndarray, np.ndarray, float]:
     with np.errstate(all="ignore"):
         Phi = fam.basis(x, theta[None, :], ctx)[0]
-    beta, rss = solve_one(Phi, y)
+    beta, rss = solve_one(Phi, y, exact=fam.n_theta == 0)
+    if np.isfinite(rss) and np.abs(beta).max(initial=0.0) > 1e9 * (np.abs(y).max() + 1.0):
+        rss = np.inf  # a cancellation of huge terms: numerically meaningless, reject
     r = y - Phi @ beta if np.isfinite(rss) else np.full_like(y, np.inf)
     return r, beta, rss
 
 
-def lm_refine(fam: Family, theta0: np.ndarray, x, y, ctx: Ctx, iters: int = 40) -> tuple[np.ndarray, np.ndarray, float]:
+def lm_refine(fam: Family, theta0: np.ndarray, x, y, ctx: Ctx, iters: int = 30) -> tuple[np.ndarray, np.ndarray, float]:
     """Levenberg–Marquardt on ``theta`` with the linear part projected out; returns (theta, beta, rss)."""
     theta = np.array(theta0, dtype=float)
     r, beta, cost = _vp(fam, theta, x, y, ctx)
     if fam.n_theta == 0 or not np.isfinite(cost):
         return theta, beta, cost
     lam = 1e-3
+    floor = 1e-26 * float(y @ y) + 1e-300
     for _ in range(iters):
+        if cost <= floor:
+            break
         eps = 1e-7 * (np.abs(theta) + ctx.s * 1e-3)
         J = np.empty((len(y), len(theta)))
         for j in range(len(theta)):
@@ -123,7 +139,7 @@ def lm_refine(fam: Family, theta0: np.ndarray, x, y, ctx: Ctx, iters: int = 40) 
                 improved = True
                 break
             lam *= 4
-        if not improved or rel < 1e-13:
+        if not improved or rel < 1e-10:
             break
     return theta, beta, cost
 
@@ -181,9 +197,89 @@ def fit_sum(fit1: Fit, fam2: Family, x, y) -> Fit | None:
     """Fit ``fam2`` to the residual of ``fit1``, then refine both jointly."""
     ctx = fit1.ctx
     resid = y - fit1.predict(x)
-    f2 = fit_family(fam2, x, resid, ctx, n_starts=2)
+    sub = slice(None, None, max(1, len(x) // 200))
+    f2 = fit_family(fam2, x[sub], resid[sub], ctx, n_starts=2)
     if f2 is None:
         return None
     fam = sum_family(fit1.family, fam2)
     theta, beta, rss = lm_refine(fam, np.concatenate([fit1.theta, f2.theta]), x, y, ctx, iters=30)
     return Fit(fam, theta, beta, rss, ctx) if np.isfinite(rss) else None
+
+
+def _nice(v: float) -> list[float]:
+    """Rounder versions of ``v``: zero, then 1..6 significant digits."""
+    out = [0.0]
+    for d in range(1, 7):
+        r = float(f"{v:.{d}g}")
+        if r not in out:
+            out.append(r)
+    return out
+
+
+def snap(fit: Fit, x, y, slack: float) -> Fit:
+    """Round parameters to short numbers (or zero) while the RSS stays within ``fit.rss + slack``.
+
+    Makes formulas readable (``sin(x)`` rather than ``1.0000000002*sin(0.99999999*x + 3e-16)``)
+    without changing predictions beyond the data's resolution. Polynomials are snapped in
+    their raw coefficients of ``x``.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    fam, ctx = fit.family, fit.ctx
+    _, _, base = _vp(fam, fit.theta, x, y, ctx)
+    if not np.isfinite(base):
+        return fit
+    limit = base + slack
+    if fam.name.startswith("poly"):
+        return _snap_poly(fit, x, y, limit)
+    theta = fit.theta.copy()
+    for j in range(len(theta)):
+        for v in _nice(theta[j]):
+            t = theta.copy()
+            t[j] = v
+            if _vp(fam, t, x, y, ctx)[2] <= limit:
+                theta = t
+                break
+    with np.errstate(all="ignore"):
+        Phi = fam.basis(x, theta[None, :], ctx)[0]
+    beta, rss = solve_one(Phi, y)
+    fixed: dict[int, float] = {}
+    for j in range(len(beta)):
+        for v in _nice(beta[j]):
+            trial = {**fixed, j: v}
+            b, r = _solve_fixed(Phi, y, trial)
+            if r <= limit:
+                fixed, beta, rss = trial, b, r
+                break
+    return Fit(fam, theta, beta, rss, ctx)
+
+
+def _solve_fixed(Phi, y, fixed: dict[int, float]) -> tuple[np.ndarray, float]:
+    free = [k for k in range(Phi.shape[1]) if k not in fixed]
+    target = y - sum((Phi[:, k] * v for k, v in fixed.items()), np.zeros_like(y))
+    beta = np.zeros(Phi.shape[1])
+    for k, v in fixed.items():
+        beta[k] = v
+    if free:
+        bf, _ = solve_one(Phi[:, free], target, exact=True)
+        beta[free] = bf
+    r = y - Phi @ beta
+    return beta, float(r @ r)
+
+
+def _snap_poly(fit: Fit, x, y, limit: float) -> Fit:
+    P = np.polynomial.Polynomial
+    ctx = fit.ctx
+    raw = P(fit.beta)(P([-ctx.c / ctx.s, 1 / ctx.s])).coef  # coefficients of x^k
+    raw = np.concatenate([raw, np.zeros(len(fit.beta) - len(raw))])
+    for j in range(len(raw) - 1, -1, -1):
+        for v in _nice(raw[j]):
+            c = raw.copy()
+            c[j] = v
+            r = y - P(c)(x)
+            if float(r @ r) <= limit:
+                raw = c
+                break
+    beta = P(raw)(P([ctx.c, ctx.s])).coef
+    beta = np.concatenate([beta, np.zeros(len(fit.beta) - len(beta))])[: len(fit.beta)]
+    r = y - P(raw)(x)
+    return Fit(fit.family, fit.theta, beta, float(r @ r), ctx)

@@ -1,0 +1,434 @@
+"""Offline string interpreter: designed probes, then a program search verified on every probe.
+
+Programs are chains of steps: fixed operations (:mod:`.string_dsl`), a *learned character
+map* (each character -> a string, optionally joined by a separator; read off single-character
+probes — this covers substitutions, deletions, duplications, case maps and ciphers with any
+key), a *constant affix* (prefix/suffix read off the common start/end of all outputs) and, for
+integer outputs, a *learned counting set*. The search tries, simplest first: one fixed op; the
+learned map before or after one fixed op; the same inside a constant affix; two fixed ops.
+The first program consistent with every probe wins; else the one matching the most probes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mechscope.find.inputs import string_inputs
+from mechscope.find.interpreters.string_dsl import COUNTS, IDENTITY, OPS, Op
+from mechscope.find.protocol import BlackBoxHandle, Interpretation
+
+SINGLES = list("abcdefghijklmnopqrstuvwxyz") + list("ABCDEFGHIJKLMNOPQRSTUVWXYZ") + list("0123456789") + list(" .,!?-_'")
+DESIGNED = ["ab", "ba", "abc", "hello", "Hello", "HELLO", "hello world", "Hello World", "the quick brown fox",
+            "The Quick Brown Fox jumps", "aaabbbccc", "aabbcc", "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+            "zyxwv", "Mississippi", "a1b2c3", "12345", "hello world 123", "banana", "apple pie", "racecar",
+            "one two three four five", "Cat", "dog!", "a b c", "aeiou", "bcdfg", "The cat sat on the mat.",
+            "  spaced  out ", "MiXeD CaSe", "word", "hi", "x y", ""]
+
+
+_STR = Op("to_text", "return str(s)", "written as text")
+
+
+def _eq(a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    return a is not None and b is not None and str(a) == str(b)
+
+
+# ------------------------------------------------------------------ program steps
+
+
+@dataclass
+class Step:
+    """One step: ``kind`` is ``op`` (an :class:`Op`), ``map`` (``table``, ``sep``), ``affix``
+    (``pre``, ``suf``) or ``countset`` (``chars``)."""
+
+    kind: str
+    op: Op | None = None
+    table: dict | None = None
+    sep: str = ""
+    pre: str = ""
+    suf: str = ""
+    chars: frozenset | None = None
+
+    def __call__(self, s):
+        if not isinstance(s, str):
+            raise TypeError("string step applied to a non-string")
+        if self.kind == "op":
+            return self.op(s)
+        if self.kind == "map":
+            return self.sep.join(self.table.get(c, c) for c in s)
+        if self.kind == "affix":
+            return self.pre + s + self.suf
+        if self.kind == "shifts":
+            return _shift_letters(s, self.table["key"], self.table["letters_only"])
+        return sum(c in self.chars for c in s)
+
+    def source(self, i: int) -> str:
+        if self.kind == "op":
+            return f"def _step{i}(s):\n    {self.op.body}\n"
+        if self.kind == "map":
+            table = {k: v for k, v in sorted(self.table.items()) if k != v}
+            return f"_MAP{i} = {table!r}\n\n\ndef _step{i}(s):\n    return {self.sep!r}.join(_MAP{i}.get(c, c) for c in s)\n"
+        if self.kind == "affix":
+            return f"def _step{i}(s):\n    return {self.pre!r} + s + {self.suf!r}\n"
+        if self.kind == "shifts":
+            key, lo = self.table["key"], self.table["letters_only"]
+            return (f"def _step{i}(s):\n    out, i = [], 0\n    for c in s:\n        k = {key!r}[i % {len(key)}]\n"
+                    "        if c.isascii() and c.isalpha():\n            b = 97 if c.islower() else 65\n"
+                    "            out.append(chr((ord(c) - b + k) % 26 + b))\n            i += 1\n"
+                    f"        else:\n            out.append(c)\n            i += {0 if lo else 1}\n    return ''.join(out)\n")
+        return f"_CHARS{i} = {''.join(sorted(self.chars))!r}\n\n\ndef _step{i}(s):\n    return sum(c in _CHARS{i} for c in s)\n"
+
+    def describe(self) -> str:
+        if self.kind == "op":
+            return self.op.desc
+        if self.kind == "affix":
+            return " and ".join(p for p in ([f"prepend {self.pre!r}"] if self.pre else []) + ([f"append {self.suf!r}"] if self.suf else []))
+        if self.kind == "map":
+            return describe_map(self.table, self.sep)
+        if self.kind == "shifts":
+            key, unit = self.table["key"], "letter" if self.table["letters_only"] else "character"
+            d = (key[1] - key[0]) % 26
+            if len(key) > 8 and all((key[i] - key[0] - i * d) % 26 == 0 for i in range(len(key))):
+                return f"shift the i-th {unit} (from 0) forward by ({key[0]} + {d}*i) mod 26 letters"
+            return f"Vigenère cipher: shift letters cyclically by {key}"
+        return describe_set(self.chars)
+
+
+@dataclass
+class Program:
+    steps: list[Step]
+
+    def __call__(self, s):
+        for st in self.steps:
+            s = st(s)
+        return s
+
+    def code(self) -> str:
+        parts = [st.source(i) for i, st in enumerate(self.steps, 1)]
+        call = "s"
+        for i in range(1, len(self.steps) + 1):
+            call = f"_step{i}({call})"
+        return "\n\n".join(parts + [f"def f(s):\n    return {call}\n"])
+
+    def describe(self) -> str:
+        ds = [st.describe() for st in self.steps if not (st.kind == "op" and st.op.name == "identity")]
+        return ("; then ".join(ds) or "leave the string unchanged").capitalize() + "."
+
+
+def describe_map(table: dict, sep: str) -> str:
+    """Name a learned character map when it is a known one (cipher, case map, ...)."""
+    low = "abcdefghijklmnopqrstuvwxyz"
+    changed = {k: v for k, v in table.items() if k != v}
+    tail = f", joining the pieces with {sep!r}" if sep else ""
+    if not changed:
+        return "keep every character" + tail
+    lows = [c for c in low if c in table]
+    if lows and all(len(table[c]) == 1 and table[c].islower() for c in lows):
+        shifts = {(ord(table[c]) - ord(c)) % 26 for c in lows}
+        if len(shifts) == 1 and shifts != {0}:
+            return f"Caesar cipher: shift every letter forward by {shifts.pop()}{tail}"
+        if all(ord(table[c]) == 219 - ord(c) for c in lows):
+            return f"Atbash cipher: reverse the alphabet (a<->z, b<->y, ...){tail}"
+    if all(v == k.upper() for k, v in changed.items()):
+        return "convert letters to upper case" + tail
+    if all(v == k.lower() for k, v in changed.items()):
+        return "convert letters to lower case" + tail
+    if all(v == k.swapcase() for k, v in changed.items()):
+        return "swap the case of letters" + tail
+    every = len(changed) == len(table) and len(table) > 20
+    if all(v == "" for v in changed.values()):
+        return f"delete the characters {''.join(sorted(changed))!r}" + tail
+    if all(v == k * 2 for k, v in changed.items()):
+        return ("double every character" if every else f"double the characters {''.join(sorted(changed))!r}") + tail
+    if all(v.startswith(k) and len(v) == 2 for k, v in changed.items()) and len({v[1] for v in changed.values()}) == 1:
+        return f"insert {next(iter(changed.values()))[1]!r} after " + ("every character" if every else f"each of {''.join(sorted(changed))!r}") + tail
+    vals = {v for v in changed.values()}
+    if len(vals) == 1:
+        return f"replace each of {''.join(sorted(changed))!r} with {vals.pop()!r}" + tail
+    items = sorted(changed.items())
+    shown = ", ".join(f"{k!r}->{v!r}" for k, v in items[:12])
+    return f"substitute characters ({shown}{', ...' if len(items) > 12 else ''}){tail}"
+
+
+def describe_set(chars: frozenset) -> str:
+    """Name a learned counting set."""
+    vowels = set("aeiouAEIOU")
+    cs = set(chars)
+    if cs == vowels or cs == set("aeiou"):
+        return "count the vowels"
+    if cs == set("0123456789"):
+        return "count the digits"
+    if cs and all(c.isupper() for c in cs) and len(cs) >= 20:
+        return "count the upper-case letters"
+    if cs and all(c.isalpha() for c in cs) and len(cs) >= 40:
+        return "count the letters" if not (cs & vowels) else "count the letters"
+    if cs and all(c.isalpha() and c.lower() not in "aeiou" for c in cs) and len(cs) >= 20:
+        return "count the consonants"
+    if len({c.lower() for c in cs}) == 1:
+        return f"count the occurrences of {sorted(cs)[0].lower()!r} (any case)" if len(cs) == 2 else f"count the occurrences of {sorted(cs)[0]!r}"
+    return f"count the characters in {''.join(sorted(cs))!r}"
+
+
+# ------------------------------------------------------------------ search
+
+
+class StringSearchInterpreter:
+    """Program search over string operations (see the module docstring)."""
+
+    name = "string_search"
+
+    def __init__(self, n_random: int = 40, seed: int = 0, time_budget: float = 5.0):
+        self.n_random, self.seed, self.time_budget = n_random, seed, time_budget
+
+    def probes(self, budget: int) -> list[str]:
+        rand = string_inputs("mixed", self.n_random // 2, self.seed + 11) + string_inputs("sentences", self.n_random // 4, self.seed + 12) \
+            + string_inputs("chars", self.n_random // 4, self.seed + 13)
+        p = list(dict.fromkeys(SINGLES[:26] + DESIGNED[:20] + SINGLES[26:] + DESIGNED[20:] + rand))
+        return p[:budget]
+
+    def interpret(self, handle: BlackBoxHandle) -> Interpretation:
+        t0 = time.time()
+        probes = self.probes(handle.remaining)
+        outs = handle.query(probes)
+        data = [(p, o) for p, o in zip(probes, outs) if o is not None]
+        prog, frac = search(data, deadline=t0 + self.time_budget)
+        return Interpretation(prog.describe(), prog.code(), None,
+                              {"probe_match": frac, "n_probes": len(data), "seconds": time.time() - t0,
+                               "steps": [st.op.name if st.op else st.kind for st in prog.steps]})
+
+
+def _matches(prog, data) -> bool:
+    for p, o in data:
+        try:
+            if not _eq(prog(p), o):
+                return False
+        except Exception:
+            return False
+    return True
+
+
+def _frac(prog, data) -> float:
+    n = 0
+    for p, o in data:
+        try:
+            n += _eq(prog(p), o)
+        except Exception:
+            pass
+    return n / max(1, len(data))
+
+
+def _shift_letters(s: str, key: list[int], letters_only: bool) -> str:
+    out, i = [], 0
+    for c in s:
+        k = key[i % len(key)]
+        if c.isascii() and c.isalpha():
+            b = 97 if c.islower() else 65
+            out.append(chr((ord(c) - b + k) % 26 + b))
+            i += 1
+        else:
+            out.append(c)
+            i += 0 if letters_only else 1
+    return "".join(out)
+
+
+def _learn_shifts(data) -> list[Step]:
+    """Periodic letter shifts (Vigenère), read off the longest all-letter probe."""
+    pairs = [(p, o) for p, o in data if isinstance(o, str) and len(p) == len(o) and len(p) >= 6 and p.isascii() and p.isalpha()]
+    if not pairs:
+        return []
+    p, o = max(pairs, key=lambda t: len(t[0]))
+    sh = [(ord(b.lower()) - ord(a.lower())) % 26 for a, b in zip(p, o) if b.isascii() and b.isalpha()]
+    if len(sh) != len(p):
+        return []
+    for period in range(2, 9):
+        if all(sh[i] == sh[i % period] for i in range(len(sh))):
+            return [Step("shifts", table={"key": sh[:period], "letters_only": lo}) for lo in (True, False)]
+    step = (sh[1] - sh[0]) % 26
+    if step and all((sh[i] - sh[0] - i * step) % 26 == 0 for i in range(len(sh))):  # shift grows with the position
+        key = [(sh[0] + i * step) % 26 for i in range(26 // np.gcd(step, 26))]
+        return [Step("shifts", table={"key": key, "letters_only": lo}) for lo in (True, False)]
+    return []
+
+
+def _aligned_map(g: Op, data) -> dict | None:
+    """A character map ``M`` with ``o == ''.join(M[c] for c in g(p))`` position by position, if one exists."""
+    table: dict = {}
+    for p, o in data:
+        try:
+            t = g(p)
+        except Exception:
+            return None
+        if not isinstance(o, str) or not isinstance(t, str) or len(t) != len(o):
+            return None
+        for a, b in zip(t, o):
+            if table.setdefault(a, b) != b:
+                return None
+    return table if any(k != v for k, v in table.items()) else None
+
+
+def _learn_map(data) -> dict | None:
+    table = {p: o for p, o in data if len(p) == 1 and isinstance(o, str)}
+    return table or None
+
+
+def _seps(data, table) -> list[str]:
+    seps = {""}
+    for p, o in data:
+        if len(p) == 2 and isinstance(o, str) and p[0] in table and p[1] in table:
+            for a, b in ((p[0], p[1]), (p[1], p[0])):
+                ma, mb = table[a], table[b]
+                if len(o) >= len(ma) + len(mb) and o.startswith(ma) and o.endswith(mb):
+                    seps.add(o[len(ma):len(o) - len(mb)])
+    return sorted(seps, key=len)[:3]
+
+
+def _preserving(ops: list[Op], data) -> list[Op]:
+    """Ops that leave every single-character probe unchanged (they commute with learning a map from singles)."""
+    singles = [p for p, _ in data if len(p) == 1]
+    out = []
+    for op in ops:
+        try:
+            if all(op(c) == c for c in singles):
+                out.append(op)
+        except Exception:
+            pass
+    return out
+
+
+def _count_set(data) -> frozenset | None:
+    singles = [(p, o) for p, o in data if len(p) == 1]
+    if not singles or not all(isinstance(o, (int, float)) and o in (0, 1) for _, o in singles):
+        return None
+    return frozenset(p for p, o in singles if o == 1)
+
+
+def search(data: list[tuple[str, Any]], deadline: float | None = None) -> tuple[Program, float]:
+    """The simplest program consistent with every ``(input, output)`` pair, and its match fraction.
+
+    When none is found, the candidate matching the most pairs (fraction < 1).
+    """
+    deadline = deadline or (time.time() + 5.0)
+    if os.environ.get("MECHSCOPE_FIND_DEBUG"):
+        print(f"string search over {len(data)} probes")
+    best: list = [Program([Step("op", IDENTITY)]), _frac(Program([Step("op", IDENTITY)]), data)]
+
+    def consider(prog: Program) -> bool:
+        if _matches(prog, data):
+            best[0], best[1] = prog, 1.0
+            return True
+        f = _frac(prog, data)
+        if f > best[1]:
+            best[0], best[1] = prog, f
+        return False
+
+    numeric_out = data and all(isinstance(o, (int, float)) and not isinstance(o, bool) for _, o in data)
+    digits_out = data and all(isinstance(o, str) and o.isdigit() for _, o in data)
+    if digits_out:  # counts returned as strings: compare as text
+        for prog in _count_candidates([(p, int(o)) for p, o in data]):
+            if _matches(prog, data):
+                return Program(prog.steps + [Step("op", _STR)]), 1.0
+    if numeric_out:
+        for prog in _count_candidates(data):
+            if consider(prog):
+                return best[0], 1.0
+        return best[0], best[1]
+    for prog in _string_candidates(data):
+        if consider(prog):
+            return best[0], 1.0
+        if time.time() > deadline:
+            return best[0], best[1]
+    if time.time() < deadline:
+        prog = _depth2(data, deadline)
+        if prog is not None:
+            return prog, 1.0
+    return best[0], best[1]
+
+
+def _count_candidates(data):
+    pres = _preserving(OPS, data)
+    cset = _count_set(data)
+    for g in [IDENTITY] + OPS:
+        for c in COUNTS:
+            yield Program([Step("op", g), Step("op", c)])
+        if cset is not None and g in pres + [IDENTITY]:
+            yield Program([Step("op", g), Step("countset", chars=cset)])
+
+
+def _core_candidates(data):
+    """Candidates without an affix: one op; the learned map around one preserving op."""
+    yield Program([Step("op", IDENTITY)])
+    for op in OPS:
+        yield Program([Step("op", op)])
+    table = _learn_map(data)
+    if table:
+        pres = [IDENTITY] + _preserving(OPS, data)
+        for sep in _seps(data, table):
+            m = Step("map", table=table, sep=sep)
+            for g in pres:
+                yield Program([Step("op", g), m])
+                yield Program([m, Step("op", g)])
+    for g in [IDENTITY] + OPS:  # a position-wise map after any op (it commutes with structural ops)
+        table = _aligned_map(g, data)
+        if table is not None:
+            yield Program([Step("op", g), Step("map", table=table)])
+    for st in _learn_shifts(data):
+        for g in [IDENTITY] + OPS:
+            yield Program([Step("op", g), st])
+
+
+def _affixes(data):
+    outs = [o for _, o in data if isinstance(o, str)]
+    if not outs or len(outs) < len(data):
+        return []
+    pre = os.path.commonprefix(outs)
+    suf = os.path.commonprefix([o[::-1] for o in outs])[::-1]
+    opts = []
+    for P, S in ((pre, ""), ("", suf), (pre, suf)):
+        if (P or S) and all(len(o) >= len(P) + len(S) for o in outs) and (P, S) not in opts:
+            opts.append((P, S))
+    return opts
+
+
+def _string_candidates(data):
+    yield from _core_candidates(data)
+    for P, S in _affixes(data):
+        core = [(p, o[len(P):len(o) - len(S)]) for p, o in data]
+        aff = Step("affix", pre=P, suf=S)
+        for prog in _core_candidates(core):
+            yield Program(prog.steps + [aff])
+
+
+def _depth2(data, deadline) -> Program | None:
+    """Two fixed ops, pruned by output signature on the probes."""
+    inputs = [p for p, _ in data]
+    sigs, firsts = {}, []
+    for op in OPS:
+        try:
+            outs = tuple(op(p) for p in inputs)
+        except Exception:
+            continue
+        if outs not in sigs:
+            sigs[outs] = op
+            firsts.append((op, outs))
+    for op1, outs1 in firsts:
+        if time.time() > deadline:
+            return None
+        for op2 in OPS:
+            ok = True
+            for t, (_, o) in zip(outs1, data):
+                try:
+                    if not _eq(op2(t), o):
+                        ok = False
+                        break
+                except Exception:
+                    ok = False
+                    break
+            if ok:
+                return Program([Step("op", op1), Step("op", op2)])
+    return None

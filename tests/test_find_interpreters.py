@@ -1,0 +1,83 @@
+"""The offline interpreters solve simple functions, and generalise to a suite from an unseen seed."""
+
+import math
+
+import numpy as np
+import pytest
+
+from mechscope.errors import ConfigError
+from mechscope.find import BlackBoxHandle, compile_code, evaluate, generate_suite, get_interpreter, run_suite
+from mechscope.find.interpreters.neuron import NeuronInterpreter
+from mechscope.find.interpreters.string_search import StringSearchInterpreter
+from mechscope.find.interpreters.symbolic import SymbolicInterpreter
+
+
+def test_symbolic_recovers_a_parabola():
+    h = BlackBoxHandle(lambda x: 3 * x ** 2 - 1, "numeric", (-5, 5), 1000)
+    it = SymbolicInterpreter().interpret(h)
+    assert h.used <= 1000 and it.corrupted_interval is None
+    assert "3*x**2 - 1" in it.description and "polynomial" in it.description
+    rec = evaluate(lambda x: 3 * x ** 2 - 1, SymbolicInterpreter(), "numeric", (-5, 5))
+    assert rec["nmse_var"] < 1e-3 and rec["nmse_ss"] < 1e-3 and rec["score"] > 0.99
+
+
+def test_symbolic_finds_a_corrupted_interval():
+    fn = lambda x: 6.0 if 1.0 <= x <= 2.5 else 2 * math.sin(0.8 * x) + 1  # noqa: E731
+    rec = evaluate(fn, SymbolicInterpreter(), "numeric", (-8, 8), corrupted_interval=(1.0, 2.5))
+    assert rec["iou"] > 0.8 and rec["score"] > 0.9
+    assert "sinusoid" in rec["interpretation"]["description"]
+
+
+def test_symbolic_step_and_noise():
+    rec = evaluate(lambda x: 2.0 if x > 0.7 else -1.0, SymbolicInterpreter(), "numeric", (-3, 3))
+    assert rec["score"] > 0.99 and "step" in rec["interpretation"]["description"]
+    rec = evaluate(lambda x: math.exp(0.3 * x), SymbolicInterpreter(), "numeric", (-4, 4), noise=0.05)
+    assert rec["score"] > 0.95 and "noisy" in rec["interpretation"]["description"]
+
+
+def test_symbolic_fallback_code_runs_for_a_function_outside_the_grammar():
+    fn = lambda x: math.sin(0.3 * x * x) * math.tanh(x)  # noqa: E731
+    h = BlackBoxHandle(fn, "numeric", (-6, 6), 600)
+    it = SymbolicInterpreter(try_sums=False).interpret(h)
+    g = compile_code(it.code)
+    xs = np.random.default_rng(0).uniform(-6, 6, 200)
+    err = np.mean([(g(x) - fn(x)) ** 2 for x in xs]) / np.var([fn(x) for x in xs])
+    assert h.used <= 600 and err < 0.05
+
+
+@pytest.mark.parametrize("fn, words", [
+    (lambda s: s[::-1], "reverse the string"),
+    (lambda s: "".join(chr((ord(c) - 97 + 3) % 26 + 97) if c.islower() else c for c in s), "Caesar cipher: shift every letter forward by 3"),
+    (lambda s: "<" + s.upper() + ">", "upper case"),
+    (lambda s: sum(c in "aeiouAEIOU" for c in s), "vowels"),
+])
+def test_string_search_solves_simple_functions(fn, words):
+    rec = evaluate(fn, StringSearchInterpreter(), "string", "mixed")
+    assert rec["exact"] == 1.0
+    assert words.lower() in rec["interpretation"]["description"].lower()
+
+
+def test_neuron_interpreter_names_the_concept():
+    suite = generate_suite(3, 1, categories=("neuron",), families={"neuron": ["concept", "polysemantic"]})
+    res = run_suite(suite, NeuronInterpreter())
+    for rec, f in zip(res["records"], suite):
+        assert rec["score"] > 0.9 and rec["description_keyword"] == 1.0, (f.description, rec["interpretation"]["description"])
+
+
+def test_offline_interpreters_generalise_to_an_unseen_seed():
+    """A held-out seed (development used seeds 0-3): numeric >= 0.6 and strings >= 0.5, as the goal asks."""
+    fams = {"numeric": ["poly", "sine", "gaussian", "square_wave", "noisy", "corrupted"],
+            "string": None}
+    suite = generate_suite(90210, 1, categories=("numeric", "string"), families=fams)
+    board = run_suite(suite, get_interpreter("offline"))["leaderboard"]
+    assert board["numeric"]["score"] >= 0.6 and board["string"]["score"] >= 0.5, board
+    assert board["numeric"]["errors"] == 0 and board["string"]["errors"] == 0
+
+
+def test_get_interpreter_names_and_errors():
+    assert get_interpreter("offline").name == "offline"
+    assert get_interpreter("mechscope.find.interpreters.neuron:NeuronInterpreter").name == "neuron"
+    with pytest.raises(ConfigError, match="unknown interpreter"):
+        get_interpreter("gpt-17")
+    with pytest.raises(ConfigError, match="could not import"):
+        get_interpreter("no.such.module:Thing")
