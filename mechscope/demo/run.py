@@ -1,84 +1,68 @@
-"""``run_demo``: corpus and tokenizer -> a small model -> cached activations -> a summary.
+"""``run_demo``: every stage in order, each timed, its facts (or its error) recorded; then
+``summary.json`` and one self-contained ``report.html`` built from those facts.
 
-Each stage is a function returning a plain dict of facts so the summary (and later the
-HTML report) is built from data, not from printed text.
+A failing stage does not stop the others that do not need it; its error and traceback go into
+the summary and its report section, and ``summary["ok"]`` is False (the CLI then exits non-zero).
 """
 
 from __future__ import annotations
 
 import time
+import traceback
 from pathlib import Path
+from typing import Callable
 
+from mechscope.demo.context import DemoContext, require_organism
+from mechscope.demo.sizes import FULL, ORGANISM, QUICK
 from mechscope.files import write_json
+from mechscope.report import Section
 
-PREFERRED_ORGANISMS = ["induction-2l"]
 
-
-def stage_corpus(quick: bool) -> tuple[dict, object, object]:
-    from mechscope.data import TokenStream, default_tokenizer, stdlib_corpus
-
+def run_stage(stage, ctx: DemoContext) -> tuple[dict, Section]:
+    """One stage's record (``ok``, ``seconds``, ``headline``, ``facts`` — or ``error`` and
+    ``traceback``) and its report section. Building the section and the headline counts as part
+    of the stage: a failure there is the stage's failure."""
     t = time.perf_counter()
-    tokenizer = default_tokenizer()
-    heldout = stdlib_corpus("heldout")
-    stream = TokenStream(heldout, tokenizer, context_len=64 if quick else 128)
-    facts = {"corpus": heldout.name, "documents": len(heldout), "tokens": stream.n_tokens, "contexts": len(stream),
-             "vocab_size": len(tokenizer), "seconds": round(time.perf_counter() - t, 2)}
-    return facts, tokenizer, stream
+    try:
+        facts = stage.run(ctx)
+        seconds = round(time.perf_counter() - t, 2)
+        section = stage.section(facts)
+        return {"ok": True, "seconds": seconds, "headline": stage.headline(facts), "facts": facts}, section
+    except Exception as e:  # recorded in the summary and the report, and the run exits non-zero
+        error, tb = f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)
+        record = {"ok": False, "seconds": round(time.perf_counter() - t, 2), "error": error, "traceback": tb}
+        return record, Section(stage.KEY, stage.TITLE, text=tb, error=error)
 
 
-def stage_model(tokenizer) -> tuple[dict, object]:
-    """A zoo organism when one is shipped; else a freshly initialised 2-layer model (said so)."""
-    from mechscope.models import load_model
-    from mechscope.zoo.registry import organism_names
+def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: bool = True,
+             say: Callable[[str], None] | None = None) -> dict:
+    """Run every stage on zoo organism ``greater-than-2l`` and the embedded corpus; write
+    ``summary.json`` and ``report.html`` under ``out_dir``; return the summary.
 
-    names = organism_names()
-    choice = next((n for n in PREFERRED_ORGANISMS if n in names), names[0] if names else None)
-    if choice is not None:
-        model = load_model(f"zoo:{choice}", device="cpu")
-        source = "zoo organism"
-    else:
-        import warnings
+    Raises :class:`~mechscope.errors.ModelSpecError` before doing anything when the organism is
+    not installed (the message says how to train it).
+    """
+    from mechscope.demo.report import build_report
+    from mechscope.demo.stages import STAGES
 
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-        from mechscope.models import Model
-
-        cfg = HookedTransformerConfig(n_layers=2, d_model=64, n_heads=4, d_head=16, n_ctx=128, d_vocab=len(tokenizer),
-                                      attn_only=True, seed=0, device="cpu")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = HookedTransformer(cfg)
-        model = Model(module=module.eval(), name="random-init-attn-only-2l", kind="transformer_lens", tokenizer=tokenizer)
-        source = "random init (no zoo organism shipped)"
-    params = sum(p.numel() for p in model.module.parameters())
-    return {"model": model.name, "source": source, "params": params, "layers": model.module.cfg.n_layers}, model
-
-
-def stage_cache(model, stream, out: Path, quick: bool) -> tuple[dict, object]:
-    from mechscope.activations import cache_activations
-
-    last = model.module.cfg.n_layers - 1
-    hooks = [f"blocks.{last}.attn.hook_z", f"blocks.{last}.hook_resid_post"]
-    t = time.perf_counter()
-    store = cache_activations(model, stream, hooks, out / "activations", n_contexts=128 if quick else 1024,
-                              contexts_per_shard=32, batch_size=16, overwrite=True, progress=True)
-    seconds = time.perf_counter() - t
-    store.verify()
-    return {"hooks": {h: store.act_shape(h) for h in hooks}, "rows": store.n_rows, "shards": len(store.manifest.shards),
-            "tokens_per_s": round(store.n_rows / max(seconds, 1e-9)), "path": str(store.root)}, store
-
-
-def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False) -> dict:
-    """Run every stage, write ``summary.json`` under ``out_dir`` and return the summary."""
+    require_organism(ORGANISM)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"quick": quick}
-    summary["corpus"], tokenizer, stream = stage_corpus(quick)
-    summary["model"], model = stage_model(tokenizer)
-    if model.tokenizer is not None and model.tokenizer is not tokenizer:
-        from mechscope.data import TokenStream
-
-        stream = TokenStream(stream.corpus, model.tokenizer, stream.context_len)
-    summary["activations"], _ = stage_cache(model, stream, out, quick)
+    sizes = QUICK if quick else FULL
+    ctx = DemoContext(out=out, sizes=sizes, progress=progress, say=say or (lambda msg: None))
+    t0 = time.perf_counter()
+    stages, sections = {}, []
+    for stage in STAGES:
+        ctx.say(f"[{stage.KEY}] {stage.TITLE}")
+        stages[stage.KEY], section = run_stage(stage, ctx)
+        sections.append(section)
+        if not stages[stage.KEY]["ok"]:
+            ctx.say(f"[{stage.KEY}] FAILED: {stages[stage.KEY]['error']}")
+    summary = {"format": "mechscope.demo.summary", "version": 1, "organism": f"zoo:{ORGANISM}", "quick": quick,
+               "sizes": sizes.to_dict(), "out": str(out), "ok": all(s["ok"] for s in stages.values()),
+               "failed": [k for k, s in stages.items() if not s["ok"]], "seconds": round(time.perf_counter() - t0, 2),
+               "stages": stages, "report": str(out / "report.html"), "summary": str(out / "summary.json")}
+    summary["explorer_command"] = stages.get("explorer", {}).get("facts", {}).get("command")
+    build_report(summary, sections).write(out / "report.html")
     write_json(out / "summary.json", summary)
     return summary
