@@ -71,8 +71,12 @@ def test_circuit_sufficient_and_necessary(organism):
     r = circuit_faithfulness(model, task, nodes, means=mean_activations(model, reference.clean))
     assert r["faithfulness"] >= 0.9, r
     assert r["complement_faithfulness"] <= 0.2, r
-    assert r["accuracy_circuit_only"] >= 0.8 * r["accuracy_full"], r
-    assert r["accuracy_circuit_ablated"] <= 0.35 * r["accuracy_full"], r
+    # the task's decision (answer over wrong answer) kept by the circuit alone and lost without it,
+    # measured from the all-ablated baseline: on greater-than a constant late-year guess is already
+    # right most of the time, so accuracy cannot fall to zero there
+    floor = r["binary_accuracy_all_ablated"]
+    assert r["binary_accuracy_circuit_only"] >= 0.8 * r["binary_accuracy_full"], r
+    assert r["binary_accuracy_circuit_ablated"] <= floor + 0.35 * (r["binary_accuracy_full"] - floor), r
 
 
 def test_ground_truth_from_card(organism):

@@ -156,21 +156,23 @@ def circuit_faithfulness(model: Model, task: Task, nodes: list[str], means: dict
     """Faithfulness of keeping only ``nodes`` and of ablating only ``nodes`` (everything else kept).
 
     Means come from ``means``, else from ``reference.clean``, else from ``task.clean`` itself.
-    Returns the metric for all / none / circuit / complement, both faithfulness values and the
-    accuracies.
+    Returns the metric for all / none / circuit / complement, both faithfulness values, and the
+    top-1 and binary (answer over wrong answer) accuracies of each.
     """
     if means is None:
         means = mean_activations(model, (reference or task).clean)
     c = nodes_to_mask(model, nodes)
     keep = torch.stack([torch.ones_like(c), torch.zeros_like(c), c, ~c])
-    both = evaluate_masks(model, task, keep, means, [metric or task.default_metric, "accuracy"])
-    m, acc = both[:, 0], both[:, 1]
+    both = evaluate_masks(model, task, keep, means, [metric or task.default_metric, "accuracy", "binary_accuracy"])
+    m, acc, bin_acc = both[:, 0], both[:, 1], both[:, 2]
     span = float(m[0] - m[1])
     return {
         "metric": metric or task.default_metric, "full": float(m[0]), "all_ablated": float(m[1]), "circuit_only": float(m[2]),
         "circuit_ablated": float(m[3]), "faithfulness": float(m[2] - m[1]) / span, "complement_faithfulness": float(m[3] - m[1]) / span,
         "accuracy_full": float(acc[0]), "accuracy_all_ablated": float(acc[1]), "accuracy_circuit_only": float(acc[2]),
         "accuracy_circuit_ablated": float(acc[3]),
+        "binary_accuracy_full": float(bin_acc[0]), "binary_accuracy_all_ablated": float(bin_acc[1]),
+        "binary_accuracy_circuit_only": float(bin_acc[2]), "binary_accuracy_circuit_ablated": float(bin_acc[3]),
     }
 
 

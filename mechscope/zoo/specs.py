@@ -88,7 +88,7 @@ SPECS: dict[str, OrganismSpec] = {
             name="ioi-2l",
             description="2-layer attention-only transformer that solves an IOI-like name-mover task with identifier names "
                         "('After B and A went to the queue, B gave a item to' -> A), and models code.",
-            task="ioi", variant="code", steps=2000,
+            task="ioi", variant="code", steps=2000, concentrate=0.03,  # without it the task spreads over 6 of 8 heads
         ),
     ]
 }
