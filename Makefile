@@ -47,7 +47,15 @@ demo: install
 test: install-test
 	$(PY) -m pytest -q tests
 
-bench: install-test
+# Peers for benchmarks/circuits.py: auto-circuit 1.0.1 without its hard dependencies (tracr/JAX,
+# kaleido, word2word are not needed for ACDC / EAP); mechscope.circuits.peers shims the one
+# TransformerLens 3 module rename it trips on.
+$(VENV)/.installed-peers: $(VENV)/.installed-test
+	$(PIP) install -q -c $(CONSTRAINTS) --no-deps "auto-circuit==1.0.1"
+	$(PIP) install -q -c $(CONSTRAINTS) plotly ordered-set blobfile attrs vscode-tqdm
+	touch $@
+
+bench: install-test $(VENV)/.installed-peers
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

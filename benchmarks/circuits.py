@@ -1,0 +1,232 @@
+"""Circuit methods on CPU, per zoo organism task: runtime and AUC of every mechscope method, with
+auto-circuit's ACDC and EAP side by side on the same model, prompts and metric. Prints one JSON
+document.
+
+    python benchmarks/circuits.py                          # every shipped organism (with a model card), 32 prompts, 2 threads
+    python benchmarks/circuits.py --quick                  # 16 prompts, first organism only
+    python benchmarks/circuits.py --models zoo:greater-than-2l --n 64
+    python benchmarks/circuits.py --no-peers               # mechscope methods only
+    MECHSCOPE_ZOO_PATH=runs/zoo python benchmarks/circuits.py   # organisms trained locally too
+
+Goal (issue 5): the discrete-code method takes <= 10 s per task, is >= 100x faster than ACDC, and
+its AUC is at least ACDC's (node AUC, and edge AUC where the ground truth has edges).
+
+Per task (``tasks[]``): ``methods`` — one row per mechscope method (``mechscope.circuits.METHODS``,
+run through ``find_circuit`` with default parameters, as ``mechscope circuits compare`` does):
+``seconds`` (the method's own timing, ``Circuit.runtime_s``), ``node_auc``, ``edge_auc``, precision
+/ recall of the top-|GT| nodes and edges; ``peers`` — auto-circuit 1.0.1's ``acdc`` and ``eap``
+(:mod:`mechscope.circuits.peers`: same token tensors ``task.clean`` / ``task.corrupted``, one batch
+of all prompts, EAP on ``logit_diff`` (``--peer-metric``; exactly mechscope's logit_diff — mechscope's
+own methods use the task's default metric, e.g. ``prob_diff`` for greater-than, which auto-circuit can
+express exactly only for single-answer tasks), ACDC on KL like mechscope's ACDC, prune scores
+converted into a mechscope ``Circuit`` and scored by ``score_circuit`` against the same ground
+truth; ``seconds`` = auto-circuit's call only, ``setup_seconds`` = copying and wrapping the model);
+a peer that cannot run gets ``status`` ``"unsupported"`` / ``"error"`` and the exception text.
+``summary``: ``discrete_codes_seconds``, ``acdc_seconds`` (mechscope's ACDC), ``speedup_vs_acdc``
+and whether each part of the goal is met; also ``speedup_vs_auto_circuit_acdc``.
+``agreement_with_mechscope`` on a peer row: Spearman rank correlation of its edge / node scores with
+mechscope's method of the same name on the same metric (EAP computes the same first-order estimate,
+so 1.0 is expected there: a check that the adaptation is right; ACDC differs in threshold grid and
+edge order, so only similar).
+
+Timings are wall-clock on a machine that may be shared: ``load_average`` (before / after) is
+recorded. auto-circuit's ACDC visits the edges of a layer in Python ``set`` order, which depends on
+``PYTHONHASHSEED``; set it (e.g. ``PYTHONHASHSEED=0``) for repeatable auto-circuit ACDC scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+
+import torch
+
+warnings.simplefilter("ignore")
+
+GOAL_SECONDS = 10.0
+GOAL_SPEEDUP = 100.0
+
+
+def say(msg: str) -> None:
+    print(f"[circuits] {msg}", file=sys.stderr, flush=True)
+
+
+def default_models() -> tuple[list[str], list[dict]]:
+    """Organisms ``compare`` would run, minus those without a model card (no ground truth yet)."""
+    from mechscope.circuits import settings
+    from mechscope.zoo.registry import find_organism
+
+    keep, skipped = [], []
+    for spec in settings():
+        card = find_organism(spec[4:]) / "card.json"
+        if card.exists():
+            keep.append(spec)
+        else:
+            skipped.append({"model": spec, "reason": f"no model card ({card} is missing): no verified circuit to score against"})
+    return keep, skipped
+
+
+def score_row(circuit, truth, graph, library: str, method: str) -> dict:
+    from mechscope.circuits import score_circuit
+
+    s = score_circuit(circuit, truth, graph)
+    n, e = s["nodes"], s["edges"]
+    return {"library": library, "method": method, "status": "ok", "seconds": round(circuit.runtime_s, 4),
+            "node_auc": n["auc"], "edge_auc": e["auc"] if e else None,
+            "node_precision_at_gt": n["at_gt_size"]["precision"], "node_recall_at_gt": n["at_gt_size"]["recall"],
+            "edge_precision_at_gt": e["at_gt_size"]["precision"] if e else None,
+            "edge_recall_at_gt": e["at_gt_size"]["recall"] if e else None}
+
+
+def spearman(a: dict[str, float], b: dict[str, float]) -> float | None:
+    from mechscope.circuits.scoring import _midranks
+    import numpy as np
+
+    keys = [k for k in a if k in b]
+    if len(keys) < 3:
+        return None
+    x = _midranks(np.array([a[k] for k in keys], dtype=np.float64))
+    y = _midranks(np.array([b[k] for k in keys], dtype=np.float64))
+    if x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def run_peers(model, task, truth, graph, ours: dict, methods: list[str], peer_metric: str) -> list[dict]:
+    rows = []
+    try:
+        from mechscope.circuits.peers import auto_circuit_version, install_tl_shim
+
+        install_tl_shim()
+        import auto_circuit.data  # noqa: F401
+        import auto_circuit.prune_algos.ACDC  # noqa: F401
+        import auto_circuit.prune_algos.mask_gradient  # noqa: F401
+        import auto_circuit.utils.graph_utils  # noqa: F401
+
+        version = auto_circuit_version()
+    except Exception as e:  # recorded in the output, not hidden
+        return [{"library": "auto-circuit", "method": m, "status": "unsupported", "error": f"{type(e).__name__}: {e}"} for m in methods]
+    from mechscope.circuits.errors import CircuitError
+    from mechscope.circuits.peers import auto_circuit_find
+
+    metric = task.default_metric if peer_metric == "task" else peer_metric
+    for m in methods:
+        say(f"{task.name} / auto-circuit {m}")
+        t0 = time.perf_counter()
+        try:
+            circuit = auto_circuit_find(model, task, m, metric=metric)
+        except CircuitError as e:
+            rows.append({"library": "auto-circuit", "version": version, "method": m, "status": "unsupported", "error": f"{type(e).__name__}: {e}"})
+            continue
+        except Exception as e:  # recorded in the output, not hidden
+            rows.append({"library": "auto-circuit", "version": version, "method": m, "status": "error", "error": f"{type(e).__name__}: {e}"})
+            continue
+        row = score_row(circuit, truth, graph, "auto-circuit", m)
+        row.update(version=version, setup_seconds=round(circuit.metadata.get("setup_s", 0.0), 4),
+                   wall_seconds=round(time.perf_counter() - t0, 4), params={k: v for k, v in circuit.params.items() if k != "taus"})
+        row["metric"] = "kl (ACDC's faithfulness target)" if m == "acdc" else metric
+        ref = ours.get(m)
+        if m == "eap" and metric != task.default_metric:  # compare like with like: mechscope's EAP on the peer's metric
+            from mechscope.circuits.eap import find_eap
+
+            ref = find_eap(model, task, metric=metric)
+        if ref is not None:
+            row["agreement_with_mechscope"] = {"method": m, "metric": row["metric"],
+                                               "edge_spearman": spearman(circuit.edge_scores, ref.edge_scores),
+                                               "node_spearman": spearman(circuit.node_scores, ref.node_scores)}
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: list[dict], peers: list[dict]) -> dict:
+    by = {r["method"]: r for r in rows}
+    ac_acdc = next((p for p in peers if p["method"] == "acdc" and p["status"] == "ok"), None)
+    dc, acdc = by.get("discrete_codes"), by.get("acdc")
+    if dc is None or acdc is None:
+        return {"discrete_codes_seconds": dc and dc["seconds"], "acdc_seconds": acdc and acdc["seconds"], "speedup_vs_acdc": None,
+                "goal_met": None, "note": "needs both discrete_codes and acdc in --methods"}
+    speedup = acdc["seconds"] / dc["seconds"] if dc["seconds"] > 0 else None
+    node_ok = dc["node_auc"] is not None and acdc["node_auc"] is not None and dc["node_auc"] >= acdc["node_auc"]
+    edge_ok = None if dc["edge_auc"] is None or acdc["edge_auc"] is None else dc["edge_auc"] >= acdc["edge_auc"]
+    checks = {"seconds_le_10": dc["seconds"] <= GOAL_SECONDS, "speedup_ge_100": speedup is not None and speedup >= GOAL_SPEEDUP,
+              "node_auc_ge_acdc": node_ok, "edge_auc_ge_acdc": edge_ok}
+    return {"discrete_codes_seconds": dc["seconds"], "acdc_seconds": acdc["seconds"],
+            "speedup_vs_acdc": round(speedup, 2) if speedup is not None else None,
+            "discrete_codes_node_auc": dc["node_auc"], "acdc_node_auc": acdc["node_auc"],
+            "discrete_codes_edge_auc": dc["edge_auc"], "acdc_edge_auc": acdc["edge_auc"],
+            "goal": checks, "goal_met": all(v is not False for v in checks.values()),
+            "auto_circuit_acdc_seconds": ac_acdc and ac_acdc["seconds"],
+            "speedup_vs_auto_circuit_acdc": round(ac_acdc["seconds"] / dc["seconds"], 2) if ac_acdc and dc["seconds"] > 0 else None}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from mechscope.circuits import METHODS
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", help="model specs (zoo:NAME); default: every organism with a model card")
+    ap.add_argument("--n", type=int, default=None, help="prompts per task (default 32; --quick 16)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--split", default="heldout")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="mechscope methods (default: all)")
+    ap.add_argument("--peer-methods", nargs="+", default=["acdc", "eap"], choices=["acdc", "eap"])
+    ap.add_argument("--peer-metric", default="logit_diff", choices=["logit_diff", "prob_diff", "task"],
+                    help="metric of auto-circuit's EAP (default logit_diff; 'task': the task's default metric, which mechscope's methods use)")
+    ap.add_argument("--no-peers", action="store_true", help="skip auto-circuit")
+    ap.add_argument("--quick", action="store_true", help="16 prompts, the first organism only")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    n = args.n if args.n is not None else (16 if args.quick else 32)
+
+    from mechscope.circuits import Graph, find_circuit, load_task_and_truth
+
+    skipped: list[dict] = []
+    if args.models:
+        models = list(args.models)
+    else:
+        models, skipped = default_models()
+    if args.quick:
+        models = models[:1]
+    if not models:
+        raise SystemExit("no organisms to benchmark: none with a model card is shipped (mechscope zoo list); pass --models zoo:NAME")
+
+    load_before = os.getloadavg()
+    tasks = []
+    for spec in models:
+        model, task, truth = load_task_and_truth(spec, n=n, seed=args.seed, split=args.split)
+        graph = Graph.of(model)
+        rows, ours = [], {}
+        for method in args.methods:
+            say(f"{spec} / {task.name} / {method}")
+            t0 = time.perf_counter()
+            circuit = find_circuit(model, task, method)
+            row = score_row(circuit, truth, graph, "mechscope", method)
+            row["wall_seconds"] = round(time.perf_counter() - t0, 4)
+            rows.append(row)
+            ours[method] = circuit
+        peers = [] if args.no_peers else run_peers(model, task, truth, graph, ours, args.peer_methods, args.peer_metric)
+        tasks.append({"model": spec, "task": task.name, "variant": task.variant, "n_prompts": len(task), "seq_len": task.seq_len,
+                      "metric": task.default_metric, "graph": repr(graph), "ground_truth_nodes": list(truth.nodes),
+                      "ground_truth_edges": len(truth.edges or []), "methods": rows, "peers": peers, "summary": summarize(rows, peers)})
+
+    goals = [t["summary"].get("goal_met") for t in tasks]
+    return {
+        "benchmark": "circuits", "device": "cpu", "threads": args.threads, "n": n, "seed": args.seed, "split": args.split,
+        "quick": args.quick, "peers": not args.no_peers, "peer_metric": args.peer_metric, "torch": torch.__version__, "python": platform.python_version(),
+        "pythonhashseed": os.environ.get("PYTHONHASHSEED"), "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
+        "goal": {"discrete_codes_max_seconds": GOAL_SECONDS, "min_speedup_vs_acdc": GOAL_SPEEDUP,
+                 "auc": "discrete_codes node AUC >= acdc node AUC, and edge AUC >= acdc edge AUC where both exist"},
+        "tasks": tasks, "skipped": skipped,
+        "summary": {"tasks": len(tasks), "goal_met_all": all(g is True for g in goals) if goals else None,
+                    "goal_met": {f"{t['model']}/{t['task']}": t["summary"].get("goal_met") for t in tasks}},
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))
