@@ -10,8 +10,9 @@ Scalable and Reliable Circuit Identification in Language Models", arXiv:2405.125
    one ``d_model`` vector per (prompt, component).
 3. **One SAE shared across components**, trained on the vectors of ``n_train`` prompts (half
    positives, half negatives; default 10 — the paper needs 5-10) with a ReLU + L1 objective.
-   It is a :class:`mechscope.dictionaries.Dictionary` trained by
-   :func:`mechscope.dictionaries.train` on an in-memory :class:`~mechscope.dictionaries.TensorSource`.
+   It is a :class:`mechscope.dictionaries.Dictionary` fitted with full-batch Adam by
+   :func:`mechscope.dictionaries.trainer.fit_full_batch` (the streaming trainer's bookkeeping
+   would cost more than the fit itself on a few hundred rows).
 4. **Codes.** ``code="argmax"``: the index of the most active latent per (prompt, component)
    (a row with no active latent gets the extra code ``n_latents``); ``code="topk"``: the set of
    the ``k`` most active latents.
@@ -122,7 +123,8 @@ def head_vectors(model: Model, task: Task, averaging: str = "mean", max_prompts:
 
 def train_sae(vectors: HeadVectors, cfg: CodeConfig):
     """The shared SAE, trained on the vectors of ``cfg.n_train`` prompts (half positive, half negative)."""
-    from mechscope.dictionaries import DictionaryConfig, TensorSource, TrainConfig, train
+    from mechscope.dictionaries import DictionaryConfig
+    from mechscope.dictionaries.trainer import fit_full_batch
 
     n = vectors.pos.shape[0]
     n_pos = min(n, (cfg.n_train + 1) // 2)
@@ -132,10 +134,7 @@ def train_sae(vectors: HeadVectors, cfg: CodeConfig):
     rows = rows.reshape(-1, rows.shape[-1])
     dcfg = DictionaryConfig(d_in=rows.shape[1], n_latents=cfg.n_latents, kind="sae", activation="relu", l1_coeff=l1_coefficient(rows, cfg),
                             hook_in="component_out", meta={"method": "discrete_codes"})
-    tcfg = TrainConfig(steps=cfg.steps, batch_size=rows.shape[0], lr=cfg.lr, warmup_steps=0, decay_fraction=0.0, log_every=0,
-                       seed=cfg.seed, grad_clip=0.0)
-    [sae] = train([dcfg], TensorSource({"component_out": rows}), tcfg, progress=False, device="cpu")
-    return sae, n_pos + n_neg
+    return fit_full_batch(dcfg, rows, cfg.steps, cfg.lr, seed=cfg.seed), n_pos + n_neg
 
 
 PAPER_L1 = 0.02
