@@ -1,10 +1,8 @@
 """Circuit finders on a shipped organism with a verified circuit (zoo:ioi-2l, whose card's circuit
 was found by exhaustive mean-ablation search): every method runs and is scored; the discrete-code
-method and EAP rank the circuit's heads well above chance; results are deterministic and
-round-trip through JSON.
-
-Measured on ioi-2l with 64 held-out prompts (seed 0): discrete codes node AUC 0.75, EAP 0.94
-(chance is 0.5). Nothing here is tuned to the organism: every method runs with its defaults.
+method finds a planted difference and runs on the organism; EAP ranks the circuit's heads well
+above chance (node AUC 0.94 measured with 64 held-out prompts; chance is 0.5); results are
+deterministic and round-trip through JSON. Every method runs with its defaults.
 """
 
 from __future__ import annotations
@@ -30,13 +28,36 @@ def _node_auc(circuit, truth, graph) -> float:
     return score_circuit(circuit, truth, graph)["nodes"]["auc"]
 
 
-def test_discrete_codes_well_above_chance(setting):
+def test_discrete_codes_on_planted_head_vectors():
+    """One component writes different directions on positives and negatives, the others write the
+    same rows on both: only the first gets codes unique to positives, and the pair score follows."""
+    from mechscope.circuits.discrete_codes import CodeConfig, HeadVectors, scores_from_vectors
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 40, 16
+    basis = torch.linalg.qr(torch.randn(d, d, generator=g))[0]
+    noise = lambda: 0.05 * torch.randn(n, d, generator=g)  # noqa: E731
+    same_b, same_c = 3 * basis[2] + noise(), 3 * basis[3] + noise()
+    pos = torch.stack([3 * basis[0] + noise(), same_b, same_c], 1)  # [n, C=3, d]
+    neg = torch.stack([3 * basis[1] + noise(), same_b, same_c], 1)
+    vectors = HeadVectors(["0.0", "0.1", "0.2"], pos, neg, n, n)
+    graph = Graph(n_layers=1, n_heads=3, has_mlp=False)
+    nodes, edges, facts = scores_from_vectors(vectors, CodeConfig(n_latents=32, n_train=10), graph)
+    assert nodes["0.0"] >= 1 and nodes["0.1"] == 0 and nodes["0.2"] == 0, nodes
+    assert edges["0.0->logits"] == nodes["0.0"] and edges["0.1->logits"] == 0
+
+
+def test_discrete_codes_run_on_an_organism(setting):
+    """The paper's method with its defaults on ioi-2l. Its node AUC there is near chance and
+    seed-dependent (seeds 0-3: 0.75, 0.41, 0.50, 0.66; see the closing note of issue 5), so this
+    checks the mechanics, not a level."""
     model, task, truth, graph = setting
     circuit = find_circuit(model, task, "discrete_codes")
-    auc = _node_auc(circuit, truth, graph)
-    assert auc >= 0.7, f"discrete-code node AUC {auc:.3f} on {ORGANISM}"
     assert set(truth.nodes) <= set(circuit.node_scores)
+    assert all(v >= 0 for v in circuit.node_scores.values())
+    assert circuit.nodes == [c for c in circuit.node_scores if circuit.node_scores[c] > 0]
     assert circuit.metadata["n_positives"] >= 32 and circuit.runtime_s > 0
+    assert 0.0 <= _node_auc(circuit, truth, graph) <= 1.0
 
 
 def test_discrete_codes_deterministic(setting):
