@@ -76,7 +76,7 @@ SPECS: dict[str, OrganismSpec] = {
             name="docstring-2l",
             description="2-layer attention-only transformer that completes docstring :param lines with the next def argument "
                         "(a docstring-like argument-copying task) and models code.",
-            task="docstring", variant="code", steps=2500,
+            task="docstring", variant="code", steps=2500, concentrate=0.03,
         ),
         OrganismSpec(
             name="greater-than-2l",
