@@ -13,26 +13,29 @@ from mechscope.zoo.cards import load_card, task_for
 from mechscope.zoo.specs import SPECS
 
 
+ORGANISM = "ioi-2l"
+
+
 @pytest.fixture(scope="module")
-def induction():
+def organism():
     torch.set_num_threads(1)
-    model = load_model("zoo:induction-2l", device="cpu")
-    spec = SPECS["induction-2l"]
+    model = load_model(f"zoo:{ORGANISM}", device="cpu")
+    spec = SPECS[ORGANISM]
     task = task_for(spec, model.tokenizer, 48, 777, "heldout")
     means = mean_activations(model, task_for(spec, model.tokenizer, 96, 778, "heldout").clean)
     return model, task, means
 
 
-def test_answer_logits_match_full_forward(induction):
-    model, task, _ = induction
+def test_answer_logits_match_full_forward(organism):
+    model, task, _ = organism
     with torch.no_grad():
         full = model.module(task.clean)
     got = answer_logits(model, task.clean, task.answer_pos)
     assert torch.allclose(got, full[torch.arange(len(task)), task.answer_pos], atol=1e-4)
 
 
-def test_masks_all_and_none(induction):
-    model, task, means = induction
+def test_masks_all_and_none(organism):
+    model, task, means = organism
     K = len(component_names(model))
     keep = torch.stack([torch.ones(K, dtype=torch.bool), torch.zeros(K, dtype=torch.bool)])
     m = evaluate_masks(model, task, keep, means)
@@ -46,10 +49,10 @@ def test_masks_all_and_none(induction):
         nodes_to_mask(model, ["7.7"])
 
 
-def test_exhaustive_search_reproduces_card_circuit(induction):
-    model, task, means = induction
+def test_exhaustive_search_reproduces_card_circuit(organism):
+    model, task, means = organism
     res = exhaustive_search(model, task, means)
-    card = load_card("induction-2l")
+    card = load_card(ORGANISM)
     assert res["n_subsets"] == 2 ** len(component_names(model)) == len(res["table"])
     assert sorted(res["circuit"]["nodes"]) == sorted(card["circuit"]["nodes"])
     assert res["table"][-1] == pytest.approx(1.0) and res["table"][0] == pytest.approx(0.0)
@@ -61,9 +64,9 @@ def test_exhaustive_search_reproduces_card_circuit(induction):
             assert not (f >= 0.9 and res["table"][(2 ** K - 1) ^ i] <= 0.2)
 
 
-def test_patching_effects_consistent(induction):
-    model, task, _ = induction
-    p = patching_effects(model, task, nodes=load_card("induction-2l")["circuit"]["nodes"])
+def test_patching_effects_consistent(organism):
+    model, task, _ = organism
+    p = patching_effects(model, task, nodes=load_card(ORGANISM)["circuit"]["nodes"])
     last = model.module.cfg.n_layers - 1
     for comp, d in p["direct"].items():
         if comp.startswith(f"{last}."):  # the last layer's heads only reach the logits directly

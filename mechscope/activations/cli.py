@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 CACHE_EXAMPLES = """examples:
-  mechscope cache --model zoo:induction-2l --hooks blocks.1.attn.hook_z --out runs/acts --n-contexts 2048
+  mechscope cache --model zoo:ioi-2l --hooks blocks.1.attn.hook_z --out runs/acts --n-contexts 2048
   mechscope cache --model ./my_model_dir --hooks 'blocks.*.hook_resid_post' --corpus ./texts --dtype bfloat16 --out runs/acts
   mechscope cache ... --max-bytes 1e9        # stop cleanly before the store passes 1 GB
 A killed run resumes where it stopped when given the same arguments."""

@@ -7,15 +7,15 @@ import argparse
 
 EXAMPLES = """examples:
   # train an attention-output SAE on layer 1's hook_z over the embedded corpus (a few CPU minutes)
-  mechscope attention train-sae --model zoo:induction-2l --layer 1 --out runs/attn-sae --steps 1500
+  mechscope attention train-sae --model zoo:ioi-2l --layer 1 --out runs/attn-sae --steps 1500
   # every analysis: head attribution, families, DFA, recursive DFA, induction heads -> JSON + PNG
-  mechscope attention analyze --model zoo:induction-2l --sae runs/attn-sae/sae/blocks.1.attn.hook_z --out runs/attn
-  mechscope attention analyze --model zoo:induction-2l --sae runs/attn-sae/sae/blocks.1.attn.hook_z --json > summary.json
+  mechscope attention analyze --model zoo:ioi-2l --sae runs/attn-sae/sae/blocks.1.attn.hook_z --out runs/attn
+  mechscope attention analyze --model zoo:ioi-2l --sae runs/attn-sae/sae/blocks.1.attn.hook_z --json > summary.json
   # induction heads only: scores, attention vs repeated-prefix length, the causal t0-2 test
-  mechscope attention induction --model zoo:induction-2l --out runs/ind --json
-  mechscope attention induction --model zoo:induction-2l --heads 1.0 1.3 --max-prefix 6
+  mechscope attention induction --model zoo:ioi-2l --out runs/ind --json
+  mechscope attention induction --model zoo:ioi-2l --heads 1.0 1.3 --max-prefix 6
   # exact DFA of one feature at one position of a prompt (add --recursive for the tree)
-  mechscope attention dfa --model zoo:induction-2l --sae runs/attn-sae/sae/blocks.1.attn.hook_z \\
+  mechscope attention dfa --model zoo:ioi-2l --sae runs/attn-sae/sae/blocks.1.attn.hook_z \\
       --text "def f(x):\\n    return x + f(x" --feature 12 --position -1 --recursive"""
 
 
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     a = verbs.add_parser("analyze", help="all analyses of one attention-output SAE -> attention_analysis.json + PNG figures",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a.add_argument("--model", required=True, help="zoo name (zoo:induction-2l), model directory, or TransformerLens name")
+    a.add_argument("--model", required=True, help="zoo name (zoo:ioi-2l), model directory, or TransformerLens name")
     a.add_argument("--sae", required=True, help="SAE directory on blocks.L.attn.hook_z (native, SAELens or sparsify)")
     a.add_argument("--out", default=None, help="output directory (attention_analysis.json, *.png)")
     a.add_argument("--n-contexts", type=int, default=128, help="held-out corpus contexts for the family tests")

@@ -8,7 +8,7 @@ import json
 EXAMPLES = """examples:
   mechscope circuit find --model zoo:ioi-2l --method discrete_codes --out ioi.circuit.json
   mechscope circuit find --model zoo:docstring-2l --task docstring --method eap --json
-  mechscope circuit find --model zoo:induction-2l --method acdc --param n_thresholds=12 --param metric=kl
+  mechscope circuit find --model zoo:ioi-2l --method acdc --param n_thresholds=12 --param metric=kl
   mechscope circuit find --model gpt2-small --task ioi --method eap_ig    # needs the GPT-2 weights locally
   mechscope circuit compare                                # every method x every zoo organism -> table
   mechscope circuit compare --methods discrete_codes eap acdc --json --out compare.json

@@ -8,7 +8,7 @@ TRAIN_EXAMPLES = """examples:
   # a TopK SAE on a cached store
   mechscope train --store runs/acts --hooks blocks.1.hook_resid_post --n-latents 4096 --k 32 --steps 2000 --out runs/sae
   # attention-output SAEs on every layer's hook_z, streamed from the model (one forward pass feeds all)
-  mechscope train --model zoo:induction-2l --hooks 'blocks.*.attn.hook_z' --activation batchtopk --out runs/attn
+  mechscope train --model zoo:ioi-2l --hooks 'blocks.*.attn.hook_z' --activation batchtopk --out runs/attn
   # a skip-transcoder for layer 0's MLP
   mechscope train --store runs/acts --kind skip_transcoder --hooks blocks.0.ln2.hook_normalized:blocks.0.hook_mlp_out --out runs/tc
   # data parallel on 2 processes (gloo on CPU), or one dictionary per rank
@@ -18,7 +18,7 @@ A rerun with the same --out resumes from the latest checkpoint (--overwrite star
 
 EVAL_EXAMPLES = """examples:
   mechscope eval runs/sae/blocks.1.hook_resid_post --store runs/heldout --json
-  mechscope eval runs/sae/blocks.1.hook_resid_post --model zoo:induction-2l --histogram density.png
+  mechscope eval runs/sae/blocks.1.hook_resid_post --model zoo:ioi-2l --histogram density.png
   mechscope eval path/to/saelens_dir --model ./my_model --n-contexts 64   # SAELens / sparsify dirs work too"""
 
 

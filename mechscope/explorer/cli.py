@@ -7,12 +7,12 @@ import argparse
 import sys
 
 EXAMPLES = """examples:
-  mechscope serve --model zoo:induction-2l
+  mechscope serve --model zoo:ioi-2l
   mechscope serve --model zoo:ioi-2l --dictionary runs/sae/blocks.1.attn.hook_z \\
                   --circuit runs/ioi.eap.circuit.json --ground-truth zoo:ioi-2l
   mechscope serve --model runs/my-model --dictionary runs/sae/a --dictionary runs/sae/b --port 8800
   mechscope serve --model gpt2-small --circuit ioi.circuit.json --ground-truth ioi-gpt2-small
-  mechscope serve --model zoo:induction-2l --linear-demo digits      # + the linear-interpreter view
+  mechscope serve --model zoo:ioi-2l --linear-demo digits      # + the linear-interpreter view
   mechscope serve --sample runs/explorer-sample                      # a tiny self-contained workspace
 
 Dashboards (top contexts, histogram, density, logit effects) are computed the first time a

@@ -11,7 +11,7 @@ EXAMPLES = """examples:
   mechscope linear demo denoise --out runs/lin-dn --steps 200 --seed 1
   mechscope linear demo transformer --out runs/lin-tl          # a random tiny HookedTransformer
   mechscope linear demo transformer --task ioi --variant code --out runs/lin-ioi
-  mechscope linear demo transformer --model induction-2l --out runs/lin-ind  # a zoo organism, its own task
+  mechscope linear demo transformer --model ioi-2l --out runs/lin-ioi2  # a zoo organism, its own task
   mechscope linear analyze runs/lin-digits/map --out runs/lin-digits/again --k 4
   mechscope linear bench --quick --json                        # time vs torch.func.jacrev
 

@@ -6,7 +6,7 @@ import argparse
 
 EXAMPLES = """examples:
   mechscope zoo list                          # shipped organisms, their tasks, circuits and held-out accuracy
-  mechscope zoo show induction-2l             # the model card (markdown)
+  mechscope zoo show ioi-2l                   # the model card (markdown)
   mechscope zoo show ioi-2l --json            # the card as JSON: .circuit.nodes, .metrics.heldout, ...
   mechscope zoo train docstring-2l --out runs/docstring-2l   # re-create an organism from its seed (+ its card)
   mechscope zoo train greater-than-2l         # overwrite the shipped organism in place
