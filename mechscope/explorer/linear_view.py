@@ -18,6 +18,7 @@ import torch
 
 from mechscope.explorer.errors import InputError
 from mechscope.explorer.png import image_payload
+from mechscope.linear.figures import to_image
 
 
 def load_linear(spec: Any, steps: int | None = None) -> tuple[Any, str]:
@@ -40,20 +41,6 @@ def load_linear(spec: Any, steps: int | None = None) -> tuple[Any, str]:
         return amap, f"demo {demo.name} ({', '.join(f'{k}={v:.3g}' for k, v in demo.metrics.items() if isinstance(v, float))})"
     path = Path(spec)
     return AffineMap.load(path), f"saved map {path.name}"
-
-
-def to_image(t: torch.Tensor) -> torch.Tensor:
-    """``[..., H, W]`` -> ``[H, W]``; a vector -> ``[1, n]``."""
-    t = t.detach().float().cpu()
-    while t.dim() > 2 and t.shape[0] == 1:
-        t = t[0]
-    if t.dim() == 3:
-        t = t.sum(0)
-    if t.dim() == 1:
-        t = t[None]
-    if t.dim() != 2:
-        t = t.reshape(-1, t.shape[-1])
-    return t
 
 
 def is_image_shape(shape: tuple[int, ...]) -> bool:
