@@ -22,26 +22,29 @@ import torch.nn.functional as F
 from mechscope.zoo.specs import OrganismSpec
 
 
-def _task_rows(spec: OrganismSpec, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+def _task_rows(spec: OrganismSpec, tokenizer, n: int | None = None, rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``[N, T]`` training inputs and ``[N, T]`` next-token targets (-100 where no loss is taken).
 
-    Prompt tasks: the clean prompt, with a target only at the answer position. Induction:
-    ``BOS R A A A ...`` — a random prefix ``R`` (0..``induction_max_prefix`` tokens) then a random
-    sequence ``A`` repeated with a random period in ``induction_period`` (so no fixed offset
-    gives the answer), with targets wherever the next token repeats an earlier one. These rows
-    are fresh random draws; a collision with a 10-token held-out task sequence has probability
-    about 4096^-10.
+    Prompt tasks: the clean prompt, with a target only at the answer position (a pool of
+    ``spec.train_pool`` train-split prompts). Induction: ``n`` rows ``BOS R A A A ...`` — a random
+    prefix ``R`` (0..``induction_max_prefix`` tokens) then a random sequence ``A`` repeated with a
+    random period in ``induction_period`` (so no fixed offset gives the answer), with targets
+    wherever the next token repeats an earlier one. The trainer draws fresh induction rows every
+    step from ``rng``: a fixed pool of random sequences gets memorised instead of copied (a pool of
+    20,000 rows was fitted to a loss of 0.45 with 5 % held-out accuracy). A collision with a
+    10-token held-out task sequence has probability about 4096^-10.
     """
     if spec.induction_period is not None:
         from mechscope.tasks.induction import token_pool
         from mechscope.tasks.vocab import bos
 
-        rng = random.Random(f"train|{spec.name}|{spec.seed}")
+        rng = rng or random.Random(f"train|{spec.name}|{spec.seed}")
+        n = n or spec.task_batch
         pool, T = token_pool(tokenizer), spec.induction_row_len
         lo, hi = spec.induction_period
-        x = torch.empty(spec.train_pool, T, dtype=torch.long)
+        x = torch.empty(n, T, dtype=torch.long)
         y = torch.full_like(x, -100)
-        for i in range(spec.train_pool):
+        for i in range(n):
             period, r = rng.randint(lo, hi), rng.randint(0, spec.induction_max_prefix)
             draw = rng.sample(pool, period + r)
             prefix, a = draw[:r], draw[r:]
@@ -122,7 +125,9 @@ def _train(spec: OrganismSpec, out, seed, steps, progress) -> tuple[object, dict
     from mechscope.models import Model, save_model
 
     tokenizer = default_tokenizer()
-    rows, targets = _task_rows(spec, tokenizer)
+    fresh = spec.induction_period is not None  # induction: new random rows every step
+    row_rng = random.Random(f"train|{spec.name}|{spec.seed}")
+    rows, targets = _task_rows(spec, tokenizer, rng=row_rng)
     stream = TokenStream(stdlib_corpus("train"), tokenizer, context_len=spec.corpus_ctx)
     torch.manual_seed(spec.seed)
     with warnings.catch_warnings():
@@ -141,8 +146,14 @@ def _train(spec: OrganismSpec, out, seed, steps, progress) -> tuple[object, dict
     for step in range(spec.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        pick = torch.randint(0, len(rows), (spec.task_batch,), generator=gen)
-        task_loss, penalty = _sparse_loss(module, rows[pick], targets[pick], spec.concentrate)
+        if fresh:
+            if step:
+                rows, targets = _task_rows(spec, tokenizer, rng=row_rng)
+            batch_x, batch_y = rows, targets
+        else:
+            pick = torch.randint(0, len(rows), (spec.task_batch,), generator=gen)
+            batch_x, batch_y = rows[pick], targets[pick]
+        task_loss, penalty = _sparse_loss(module, batch_x, batch_y, spec.concentrate)
         loss = task_loss + penalty
         corpus_loss = torch.tensor(0.0)
         if spec.corpus_batch:
@@ -172,7 +183,7 @@ def _train(spec: OrganismSpec, out, seed, steps, progress) -> tuple[object, dict
         "threads": torch.get_num_threads(), "final_task_loss": log[-1]["task_loss"], "final_corpus_loss": log[-1]["corpus_loss"],
         "final_concentration_penalty": log[-1]["penalty"],
         "tokens_seen": spec.steps * (spec.task_batch * rows.shape[1] + spec.corpus_batch * spec.corpus_ctx),
-        "task_rows": {"n": len(rows), "len": rows.shape[1]},
+        "task_rows": {"n": spec.steps * spec.task_batch if fresh else len(rows), "len": rows.shape[1], "fresh_each_step": fresh},
         "command": f"mechscope zoo train {spec.name}" + (f" --seed {spec.seed}" if seed is not None else ""),
         "loss_log": log,
     }
