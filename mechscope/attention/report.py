@@ -192,8 +192,9 @@ def _findings(s: dict) -> dict:
 
 
 # -- figures --------------------------------------------------------------------------------
-def write_figures(summary: dict, out_dir: str | Path) -> list[str]:
-    """Draw the PNG figures of a summary from :func:`analyze` into ``out_dir``; returns their names."""
+def _figure_writer(out_dir: str | Path):
+    """``(pyplot, save(fig, name), written)``: ``save`` lays out, writes ``out_dir/name`` as PNG,
+    closes the figure and appends ``name`` to the ``written`` list."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,13 +202,20 @@ def write_figures(summary: dict, out_dir: str | Path) -> list[str]:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[str] = []
 
     def save(fig, name):
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
         written.append(name)
+
+    return plt, save, written
+
+
+def write_figures(summary: dict, out_dir: str | Path) -> list[str]:
+    """Draw the PNG figures of a summary from :func:`analyze` into ``out_dir``; returns their names."""
+    plt, save, written = _figure_writer(out_dir)
 
     layer = summary["sae"]["layer"]
     n_heads = summary["sae"]["n_heads"]
@@ -279,7 +287,7 @@ def write_figures(summary: dict, out_dir: str | Path) -> list[str]:
 
     ind = summary.get("induction_heads")
     if ind and ind.get("prefix_length_curve"):
-        written += induction_figures(ind, out)
+        written += induction_figures(ind, out_dir)
     return written
 
 
@@ -287,20 +295,7 @@ def write_figures(summary: dict, out_dir: str | Path) -> list[str]:
 def induction_figures(ind: dict, out_dir: str | Path) -> list[str]:
     """``prefix_length.png`` and ``causal_prefix.png`` from an induction analysis dict
     (:meth:`InductionAnalysis.to_dict`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def save(fig, name):
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        written.append(name)
+    plt, save, written = _figure_writer(out_dir)
 
     if not ind.get("prefix_length_curve"):
         return written
