@@ -33,7 +33,7 @@ def reconstruction_metrics(d: Dictionary, batches: Iterable[dict[str, torch.Tens
     was_training = d.training
     d.eval()
     cfg = d.cfg
-    sse = dot = n = 0.0
+    sse = n = 0.0
     s1 = s2 = None
     l0_sum = cos_sum = 0.0
     counts = torch.zeros(d.n_latents, dtype=torch.long)

@@ -164,7 +164,7 @@ def build_card(model, spec, training: dict, directory: Path, progress: Callable[
 
 def render_markdown(card: dict) -> str:
     a, t, c, mt = card["architecture"], card["training"], card["circuit"], card["metrics"]
-    ho, cor = mt["heldout"], mt["heldout_corrupted"]
+    ho = mt["heldout"]
     metric = card["task"]["metric"]
     lines = [
         f"# {card['name']}", "", card["description"], "",

@@ -69,7 +69,7 @@ def find_corruption(query: Callable, remaining: Callable[[], int], ctx: Ctx, xf,
         if all(abs(g[0] - u[0]) + abs(g[1] - u[1]) > 0.01 * W for u in uniq):
             uniq.append(g)
     ranked = [f.family for _, f, _ in fits if "+" not in f.family.name]
-    best: _Model | None = None
+    best: Candidate | None = None
     for a, b in uniq[:8]:
         if time.time() > deadline or (best is not None and best.mse_v <= thr):
             break
