@@ -10,6 +10,15 @@ import torch
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="transformer_lens")
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (small models run faster so on 2 shared cores), restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from mechscope.data import default_tokenizer

@@ -17,12 +17,7 @@ from mechscope.errors import ConfigError
 from mechscope.models import Model, run_with_cache
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_model(normalization_type="LN", b_V=True, attn_only=True, seed=0, n_layers=2, pos="standard"):

@@ -13,12 +13,7 @@ from mechscope.errors import ConfigError, FormatError, StoreError
 from mechscope.linear import AffineMap, DenseAffineMap, LowRankAffineMap, dense_svd, krylov_svd, linearize
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

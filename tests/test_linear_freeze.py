@@ -12,12 +12,7 @@ from mechscope.errors import UnknownHookError
 from mechscope.linear import FrozenNetwork, LinearizationError, UnsupportedLayerError, linearize
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel_err(amap, y_true):

@@ -13,12 +13,7 @@ from mechscope.errors import ConfigError
 from mechscope.linear import linearize_transformer, logit_diff
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(normalization_type="LN", attn_only=False, act_fn="gelu_new", gated=False, seed=0):
