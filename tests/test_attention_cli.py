@@ -8,7 +8,6 @@ import json
 import warnings
 
 import pytest
-import torch
 
 from mechscope.cli import main
 
