@@ -66,6 +66,24 @@ def test_shuffled_batches_seeded_rank_split_and_row_aligned(tl_model, heldout_st
 
     rows = lambda t: Counter(tuple(r.tolist()) for r in t)
     assert rows(r0) + rows(r1) == rows(every)
+    # blocks of consecutive rows are the unit of shuffling; single rows shuffle finer, same rows
+    single = torch.cat([x[1] for x in run(seed=1, block_rows=1)])
+    assert rows(single) == rows(every) and not torch.equal(single, r0)
+    blocks = run(seed=2, block_rows=8)[0][1]  # [64, d]: eight blocks of eight consecutive rows
+    def consecutive(chunk):  # some run every[i : i + 8] equals the chunk (rows may repeat, so try each match)
+        return any(torch.equal(every[i : i + 8], chunk) for i in (every == chunk[0]).all(1).nonzero().flatten().tolist())
+
+    assert all(consecutive(chunk) for chunk in blocks.split(8))
+    with pytest.raises(StoreError, match="block_rows"):
+        next(store.batches(HOOKS, 64, block_rows=0))
+
+
+def test_a_shard_cut_short_while_reading_is_named(tl_model, heldout_stream, tmp_path):
+    store = _cache(tl_model, heldout_stream, tmp_path / "s")
+    path = store.manifest.shard_path(store.root, HOOKS[0], 1)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # after the store was opened
+    with pytest.raises(StoreError, match=r"shard 1 of hook 'blocks.0.attn.hook_z' ended early"):
+        list(store.batches(HOOKS, 64, drop_last=False))
 
 
 def test_corrupt_and_truncated_shards_are_named(tl_model, heldout_stream, tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -11,6 +13,8 @@ import torch
 
 from mechscope.activations.manifest import DTYPES, Manifest, Shard
 from mechscope.errors import StoreError
+
+BLOCK_BYTES, BLOCK_MAX_ROWS = 1 << 16, 64  # default shuffling block: 64 KiB of the widest hook's rows, at most 64 rows
 
 
 def shard_problem(root: Path, manifest: Manifest, hook: str, shard: Shard, full: bool) -> str | None:
@@ -113,6 +117,8 @@ class ActivationStore:
         world_size: int = 1,
         epochs: int = 1,
         buffer_shards: int = 4,
+        block_rows: int | None = None,
+        read_threads: int = 2,
         drop_last: bool = True,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
@@ -121,54 +127,121 @@ class ActivationStore:
         are asked for — e.g. a transcoder's input and output).
 
         Shards are permuted per epoch and dealt round-robin to ranks, so ranks see disjoint
-        rows; ``buffer_shards`` shards at a time are loaded and their rows permuted together.
-        The same seed, rank and world size give the same batches.
+        rows. Each group of ``buffer_shards`` shards is cut into blocks of ``block_rows``
+        consecutive rows (default: 64 KiB of the widest hook's rows, at most 64 rows — 64 rows of a
+        256-wide fp32 residual); the blocks are permuted and read straight from the files into the batch by
+        ``read_threads`` threads — one copy per byte, like a plain sequential read, so batches
+        come about as fast as ``numpy.fromfile`` reads the files (``benchmarks/activation_cache.py``).
+        A batch of 4096 such rows mixes 64 random blocks from ``buffer_shards`` shards;
+        ``block_rows=1`` shuffles single rows, at one system call per row. Rows left over at
+        the end of a group start the next one. The same seed, rank, world size and block size
+        give the same batches.
         """
         single = isinstance(hooks, str)
         hooks = [self._hook(h) for h in ([hooks] if single else hooks)]
         if not 0 <= rank < world_size:
             raise StoreError(f"rank must be in [0, {world_size}), found {rank}")
+        if block_rows is None:
+            block_rows = min(BLOCK_MAX_ROWS, max(1, BLOCK_BYTES // max(self.d(h) * DTYPES[self.manifest.dtype][2] for h in hooks)))
+        if min(batch_size, block_rows, buffer_shards, read_threads) < 1:
+            raise StoreError(f"batch_size, block_rows, buffer_shards and read_threads must be >= 1; found {batch_size}, {block_rows}, "
+                             f"{buffer_shards}, {read_threads}")
         n_shards = len(self.manifest.shards)
         if n_shards < world_size:
             raise StoreError(f"{self.root}: {n_shards} shards cannot be split over {world_size} ranks; cache with smaller contexts_per_shard")
         gen = torch.Generator().manual_seed(seed)
-        for _ in range(epochs):
-            order = torch.randperm(n_shards, generator=gen).tolist()[rank::world_size]
-            carry: list[torch.Tensor] | None = None
-            for g in range(0, len(order), buffer_shards):
-                # Sources are memory-mapped shards (plus the rows carried over from the last
-                # group); each batch is gathered straight from them: one copy per row.
-                sources = [[self.shard(h, i) for i in order[g : g + buffer_shards]] for h in hooks]
-                if carry is not None:
-                    sources = [[c, *src] for c, src in zip(carry, sources)]
-                sizes = torch.tensor([t.shape[0] for t in sources[0]])
-                starts = torch.cumsum(sizes, 0) - sizes
-                perm = torch.randperm(int(sizes.sum()), generator=gen)
-                n_full = perm.numel() // batch_size * batch_size
-                for i in range(0, n_full, batch_size):
-                    out = self._gather(sources, perm[i : i + batch_size], starts)
-                    out = tuple(o.to(device=device, dtype=dtype) for o in out)
-                    yield out[0] if single else out
-                carry = list(self._gather(sources, perm[n_full:], starts))
-            if carry is not None and carry[0].shape[0] and not drop_last:
-                out = tuple(c.to(device=device, dtype=dtype) for c in carry)
-                yield out[0] if single else out
+        files = _ShardFiles(self, hooks, read_threads)
+        try:
+            for _ in range(epochs):
+                order = torch.randperm(n_shards, generator=gen).tolist()[rank::world_size]
+                carry: list[tuple[int, int, int]] = []  # (shard, first row, rows)
+                for g in range(0, len(order), buffer_shards):
+                    blocks = [(i, r, min(block_rows, self.manifest.shards[i].n_rows - r))
+                              for i in order[g : g + buffer_shards] for r in range(0, self.manifest.shards[i].n_rows, block_rows)]
+                    queue = carry + [blocks[k] for k in torch.randperm(len(blocks), generator=gen).tolist()]
+                    pieces, n = [], 0
+                    for shard, first, rows in queue:
+                        while rows:
+                            take = min(rows, batch_size - n)
+                            pieces.append((shard, first, take))
+                            n, first, rows = n + take, first + take, rows - take
+                            if n == batch_size:
+                                yield files.read(pieces, n, dtype, device, single)
+                                pieces, n = [], 0
+                    carry = pieces
+                    files.close()  # at most buffer_shards shards' files open at a time (carried rows reopen theirs)
+                if carry and not drop_last:
+                    yield files.read(carry, sum(p[2] for p in carry), dtype, device, single)
+        finally:
+            files.close(pool=True)
 
-    @staticmethod
-    def _gather(sources: list[list[torch.Tensor]], ids: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Rows ``ids`` of the concatenation of each hook's sources. Ids are sorted first, so
-        rows come grouped by source and in file order (fast, prefetch-friendly reads); the
-        order within a batch carries no meaning and is the same for every hook."""
-        ids = torch.sort(ids).values
-        cuts = torch.searchsorted(ids, starts).tolist() + [ids.numel()]
-        counts = [b - a for a, b in zip(cuts[:-1], cuts[1:])]
+
+class _ShardFiles:
+    """Open shard files of some hooks, read piecewise into batch tensors with ``preadv``
+    (which releases the GIL, so ``threads`` threads copy at once)."""
+
+    def __init__(self, store: ActivationStore, hooks: list[str], threads: int = 1):
+        self.store, self.hooks, self.fds = store, hooks, {}
+        self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
+        self.threads = threads
+        np_dtype, self.torch_dtype, self.itemsize = DTYPES[store.manifest.dtype]
+        self.raw_dtype = torch.int16 if store.manifest.dtype == "bfloat16" else self.torch_dtype
+
+    def _fd(self, hook: str, shard: int) -> int:
+        key = (hook, shard)
+        if key not in self.fds:
+            self.fds[key] = os.open(self.store.manifest.shard_path(self.store.root, hook, self.store.manifest.shards[shard].index), os.O_RDONLY)
+        return self.fds[key]
+
+    def read(self, pieces: list[tuple[int, int, int]], n: int, dtype: torch.dtype, device, single: bool):
+        """Rows ``pieces`` = [(shard, first row, rows), ...] of each hook, stacked: ``[n, d]`` each."""
         outs = []
-        for src in sources:
-            out = torch.empty((ids.numel(), src[0].shape[1]), dtype=src[0].dtype)
-            a = 0
-            for k, n in enumerate(counts):
-                if n:
-                    torch.index_select(src[k], 0, ids[a : a + n] - starts[k], out=out[a : a + n])
-                    a += n
-            outs.append(out)
-        return tuple(outs)
+        for hook in self.hooks:
+            row_bytes = self.store.d(hook) * self.itemsize
+            out = torch.empty((n, self.store.d(hook)), dtype=self.raw_dtype)
+            view = memoryview(out.numpy()).cast("B")
+            jobs, a, fd = [], 0, self._fd
+            for shard, first, rows in pieces:  # (fd, destination, file offset, shard, first row)
+                b = a + rows * row_bytes
+                jobs.append((fd(hook, shard), view[a:b], first * row_bytes, shard, first))
+                a = b
+            if self.pool is None or len(jobs) < 2 * self.threads:
+                self._read_jobs(hook, jobs)
+            else:
+                step = -(-len(jobs) // self.threads)
+                for f in [self.pool.submit(self._read_jobs, hook, jobs[i : i + step]) for i in range(0, len(jobs), step)]:
+                    f.result()
+            if self.raw_dtype is not self.torch_dtype:
+                out = out.view(self.torch_dtype)
+            outs.append(out.to(device=device, dtype=dtype))
+        return outs[0] if single else tuple(outs)
+
+    def _read_jobs(self, hook: str, jobs: list) -> None:
+        for fd, dest, offset, shard, first in jobs:
+            got = _pread_into(fd, dest, offset)
+            if got != len(dest):
+                raise StoreError(f"shard {shard} of hook {hook!r} ended early: expected {len(dest):,} bytes at row {first}, read {got:,} "
+                                 f"({self.store.manifest.shard_path(self.store.root, hook, shard)})")
+
+    def close(self, pool: bool = False) -> None:
+        """Close the open files (and, with ``pool``, the reading threads)."""
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        if pool and self.pool is not None:
+            self.pool.shutdown()
+
+
+def _pread_into(fd: int, buffer: memoryview, offset: int) -> int:
+    """Read ``len(buffer)`` bytes at ``offset`` into ``buffer``; returns the bytes read."""
+    if _PREADV is None:  # platforms without preadv (Windows)
+        os.lseek(fd, offset, os.SEEK_SET)
+        with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+            return f.readinto(buffer) or 0
+    total, want = _PREADV(fd, [buffer], offset), len(buffer)
+    while 0 < total < want and (got := _PREADV(fd, [buffer[total:]], offset + total)):  # a short read: go on
+        total += got
+    return total
+
+
+_PREADV = getattr(os, "preadv", None)
