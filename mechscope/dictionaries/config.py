@@ -66,6 +66,7 @@ class DictionaryConfig:
     jumprelu_threshold: float = 0.5
     jumprelu_bandwidth: float = 0.1
     apply_b_dec_to_input: bool = True  # SAEs: encode x - b_dec (transcoders never do)
+    encoder_init_norm: float = 0.577  # initial encoder row norm (decoder rows are unit); see Dictionary
     hook_in: str | None = None
     hook_out: str | None = None
     act_shape: list[int] | None = None
@@ -97,6 +98,7 @@ class DictionaryConfig:
         _positive("l0_coeff", self.l0_coeff, allow_zero=True)
         _positive("jumprelu_threshold", self.jumprelu_threshold, allow_zero=True)
         _positive("jumprelu_bandwidth", self.jumprelu_bandwidth)
+        _positive("encoder_init_norm", self.encoder_init_norm)
         if self.act_shape is not None:
             self.act_shape = [int(s) for s in self.act_shape]
             if math.prod(self.act_shape) != self.d_in:
