@@ -245,12 +245,12 @@ def classify(curve: list[float], causal: dict, gain: float = 0.1, relative_drop:
 
 @torch.no_grad()
 def induction_analysis(model, heads: list | None = None, *, max_prefix: int = 8, n: int = 64, seed: int = 0,
-                       threshold: float = 0.3, causal_prefix: int = 4) -> InductionAnalysis:
+                       threshold: float = 0.3, causal_prefix: int = 4, repeat_len: int | None = None) -> InductionAnalysis:
     """Find the induction heads (``heads`` given, else from the model's card roles, else every
-    head with induction score >= ``threshold``), then measure their prefix-length curves and
-    run the causal ``t0 - 2`` test."""
+    head with induction score >= ``threshold`` on repeats of ``repeat_len`` tokens), then
+    measure their prefix-length curves and run the causal ``t0 - 2`` test."""
     model = as_model(model)
-    scores = head_scores(model, n=n, seed=seed)
+    scores = head_scores(model, n=n, repeat_len=repeat_len, seed=seed)
     source = "given"
     if heads is None:
         roles = (model.meta.get("roles") or {}).get("induction")
