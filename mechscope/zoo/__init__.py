@@ -6,8 +6,8 @@
     card = load_card("ioi-2l")                  # metrics, per-head effects, circuit (nodes, edges), commands
     gt = organism_ground_truth("ioi-2l")        # the circuit as a mechscope.tasks.GroundTruth
 
-Organisms (recipes in ``mechscope.zoo.specs``): ``docstring-2l``, ``greater-than-2l``, ``ioi-2l``
-(shipped) and ``induction-2l`` (a recipe whose runs do not yet solve held-out induction; not shipped).
+Organisms (recipes in ``mechscope.zoo.specs``, all shipped): ``docstring-2l``, ``greater-than-2l``,
+``induction-2l`` and ``ioi-2l``.
 ``mechscope zoo train NAME`` re-creates one from its seed;
 ``mechscope zoo verify NAME`` re-measures its card.
 """

@@ -61,7 +61,14 @@ def _task_rows(spec: OrganismSpec, tokenizer, n: int | None = None, rng: random.
     return task.clean, y
 
 
-def _sparse_loss(module, x: torch.Tensor, y: torch.Tensor, concentrate: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def _unembed(module, normalized: torch.Tensor, tied: bool) -> torch.Tensor:
+    """``[..., d_model]`` final-LN residual -> ``[..., d_vocab]`` logits, through ``W_E^T`` when ``tied``."""
+    if tied:
+        return normalized @ module.embed.W_E.T + module.unembed.b_U
+    return module.unembed(normalized[None])[0]
+
+
+def _sparse_loss(module, x: torch.Tensor, y: torch.Tensor, concentrate: float = 0.0, tied: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy at the positions where ``y != -100`` (the unembedding runs only there), and
     the circuit-concentration penalty (0 when ``concentrate == 0``).
 
@@ -82,7 +89,7 @@ def _sparse_loss(module, x: torch.Tensor, y: torch.Tensor, concentrate: float = 
         for h in handles:
             h.remove()
     where = y != -100
-    logits = module.unembed(module.ln_final(resid[where])[None])[0]
+    logits = _unembed(module, module.ln_final(resid[where]), tied)
     penalty = torch.zeros(())
     for name, o in outs.items():
         if name.endswith("hook_z"):  # [batch, pos, head, d_head] -> per-head outputs in the residual basis
@@ -95,9 +102,9 @@ def _sparse_loss(module, x: torch.Tensor, y: torch.Tensor, concentrate: float = 
     return F.cross_entropy(logits, y[where]), concentrate * penalty
 
 
-def _lm_loss(module, tokens: torch.Tensor) -> torch.Tensor:
+def _lm_loss(module, tokens: torch.Tensor, tied: bool = False) -> torch.Tensor:
     """Mean next-token cross-entropy over every position."""
-    logits = module(tokens)
+    logits = _unembed(module, module.ln_final(module(tokens, stop_at_layer=module.cfg.n_layers)), tied)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
 
 
@@ -153,13 +160,13 @@ def _train(spec: OrganismSpec, out, seed, steps, progress) -> tuple[object, dict
         else:
             pick = torch.randint(0, len(rows), (spec.task_batch,), generator=gen)
             batch_x, batch_y = rows[pick], targets[pick]
-        task_loss, penalty = _sparse_loss(module, batch_x, batch_y, spec.concentrate)
+        task_loss, penalty = _sparse_loss(module, batch_x, batch_y, spec.concentrate, spec.tie_embeddings)
         loss = task_loss + penalty
         corpus_loss = torch.tensor(0.0)
         if spec.corpus_batch:
             ctx = torch.randint(0, len(stream), (spec.corpus_batch,), generator=gen)
             toks = torch.stack([torch.from_numpy(stream[int(i)]) for i in ctx])
-            corpus_loss = _lm_loss(module, toks)
+            corpus_loss = _lm_loss(module, toks, spec.tie_embeddings)
             loss = loss + corpus_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -175,6 +182,9 @@ def _train(spec: OrganismSpec, out, seed, steps, progress) -> tuple[object, dict
     if bar is not None:
         bar.close()
     module.eval()
+    if spec.tie_embeddings:  # the saved model is an ordinary untied TransformerLens model
+        with torch.no_grad():
+            module.unembed.W_U.copy_(module.embed.W_E.T)
     seconds = time.perf_counter() - t0
     model = Model(module=module, name=spec.name, kind="transformer_lens", tokenizer=tokenizer)
     module.tokenizer = tokenizer
