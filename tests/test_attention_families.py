@@ -159,3 +159,33 @@ def test_analyze_writes_json_and_figures(toy, tmp_path):
                  "causal_prefix.png"):
         assert (tmp_path / name).stat().st_size > 1000, name
     assert set(s["figures"]) >= {"families.png", "prefix_length.png"}
+
+
+def test_lagged_induction_family_of_the_induction_organism():
+    """A trained organism: zoo:induction-2l's layer-1 heads 1.0 / 1.3 copy the tokens 3-4 after
+    the earlier occurrence (a lagged induction circuit, see its card and test_zoo_organisms). An
+    SAE trained for seconds on its layer-1 z (corpus + repeated sequences) has induction features
+    at target offsets (3, 4), carried by those heads; the textbook offset 1 finds far fewer."""
+    from mechscope.data import TokenStream, stdlib_corpus
+    from mechscope.models import load_model
+    from mechscope.zoo.cards import load_card
+
+    model = load_model("zoo:induction-2l", device="cpu")
+    heads = {n for n in load_card("induction-2l")["circuit"]["nodes"] if n.startswith("1.")}
+    hook = "blocks.1.attn.hook_z"
+    corpus = TokenStream(stdlib_corpus("heldout"), model.tokenizer, context_len=64).batch(0, 160)
+    rep = repeated_sequences(model, 160, 10, seed=1)
+    z = torch.cat([run_with_cache(model, x, [hook])[hook][:, 1:].flatten(0, 1) for x in (corpus[:128], rep)])
+    cfg = DictionaryConfig(d_in=z.shape[1] * z.shape[2], n_latents=256, activation="topk", k=8, hook_in=hook, act_shape=list(z.shape[1:]))
+    [sae] = train([cfg], TensorSource({hook: z.flatten(1)}, act_shapes={hook: list(z.shape[1:])}),
+                  TrainConfig(steps=200, batch_size=512, lr=3e-3, warmup_steps=20, dead_tokens=20_000, log_every=0),
+                  progress=False, device="cpu")
+    sae.eval()
+    lagged = label_families(model, sae, corpus[128:], FamilyConfig(n_repeats=32, repeat_len=10, target_offsets=(3, 4)))
+    ind = lagged.features("induction")
+    assert len(ind) >= 5, lagged.counts()
+    assert sum(lagged.stats[f]["repeat"]["dfa_head"] in heads for f in ind) >= 0.9 * len(ind)
+    textbook = label_families(model, sae, corpus[128:], FamilyConfig(n_repeats=32, repeat_len=10))
+    assert len(textbook.features("induction")) <= len(ind) / 2, textbook.counts()
+    with pytest.raises(ConfigError, match="target_offsets"):
+        FamilyConfig(target_offsets=(0,))

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--n-contexts", type=int, default=128, help="held-out corpus contexts for the family tests")
     a.add_argument("--n-repeats", type=int, default=64, help="repeated random sequences for the induction test")
     a.add_argument("--repeat-len", type=int, default=None, help="length of the repeated sequence (default: min(32, (n_ctx-1)//2))")
+    a.add_argument("--induction-offsets", type=int, nargs="+", default=[1], metavar="S",
+                   help="induction target positions, as offsets after the earlier occurrence (default: 1, the token right after it; "
+                        "e.g. 3 4 for a lagged induction circuit)")
     a.add_argument("--heads", nargs="*", default=None, help="induction heads to study, as L.H (default: found by score)")
     a.add_argument("--no-induction", action="store_true", help="skip the induction-head analysis")
     a.add_argument("--seed", type=int, default=0)
@@ -107,7 +110,8 @@ def _analyze(args) -> int:
     sae = load_dictionary(args.sae, device=args.device)
     say = None if args.json else (lambda msg: print(f"[attention] {msg}", flush=True))
     s = analyze(model, sae, out_dir=args.out, n_contexts=args.n_contexts, heads=args.heads, induction=not args.no_induction,
-                family_config=FamilyConfig(n_repeats=args.n_repeats, repeat_len=args.repeat_len, seed=args.seed), seed=args.seed,
+                family_config=FamilyConfig(n_repeats=args.n_repeats, repeat_len=args.repeat_len, seed=args.seed,
+                                           target_offsets=tuple(args.induction_offsets)), seed=args.seed,
                 progress=say)
     if args.json:
         emit(s, True)

@@ -5,7 +5,10 @@ Two probes:
 
 1. **Repeated random sequences** ``BOS A A`` (``A``: ``repeat_len`` distinct random tokens). For
    a second-half query ``q`` the earlier occurrence of the current token is at ``q - L`` and the
-   *induction target* (the token after it) at ``q - L + 1``. A feature is an
+   *induction target* (the token after it) at ``q - L + 1``. ``target_offsets`` (default ``(1,)``,
+   Kissane et al.'s definition) names the offsets ``s`` of the target positions ``q - L + s``; a
+   lagged induction circuit that copies from a few tokens after the earlier occurrence is
+   measured with e.g. ``(3, 4)``, the shares and attention summed over those positions. A feature is an
    **induction** feature when it fires on the second occurrence (at least ``induction_min_fires``
    second-half positions, and mean activation there >= ``induction_ratio`` x the first half's),
    its DFA source mass comes from the target (share >= ``target_share``) and the head that
@@ -49,6 +52,7 @@ class FamilyConfig:
     induction_ratio: float = 2.0
     target_share: float = 0.3
     target_attention: float = 0.3
+    target_offsets: tuple[int, ...] = (1,)  # induction target positions q - L + s
     family_share: float = 0.5
     short_range: int = 8
     batch_size: int = 32
@@ -61,6 +65,9 @@ class FamilyConfig:
             v = getattr(self, name)
             if not 0 <= v <= 1:
                 raise ConfigError(f"{name} must be in [0, 1]; found {v}")
+        self.target_offsets = tuple(int(o) for o in self.target_offsets)
+        if not self.target_offsets or min(self.target_offsets) < 1 or len(set(self.target_offsets)) != len(self.target_offsets):
+            raise ConfigError(f"target_offsets must be distinct offsets >= 1 after the earlier occurrence; found {self.target_offsets}")
 
 
 def token_pool(model, bos: int | None = None) -> list[int]:
@@ -217,6 +224,8 @@ def label_families(model, sae, corpus_tokens: Tensor, config: FamilyConfig | Non
     M = sae.n_latents
     n_ctx = model.module.cfg.n_ctx
     L = cfg.repeat_len or min(32, (n_ctx - 1) // 2)
+    if max(cfg.target_offsets) > L:
+        raise ConfigError(f"target_offsets {cfg.target_offsets} must lie inside the first copy (<= repeat_len {L})")
 
     # -- probe 1: repeated random sequences -----------------------------------------------
     say(f"repeated sequences: {cfg.n_repeats} x BOS + 2 x {L} tokens")
@@ -241,10 +250,10 @@ def label_families(model, sae, corpus_tokens: Tensor, config: FamilyConfig | Non
         shares = _positive_shares(d.by_source())
         q = rows[:, 1]
         idx = torch.arange(len(rows))
-        t_sh = shares[idx, q - L + 1]
+        t_sh = sum(shares[idx, q - L + s] for s in cfg.target_offsets)
         d_sh = shares[idx, q - L]
         head = d.by_head().argmax(1)
-        att = rin.pattern[rows[:, 0], head, q, q - L + 1].to(torch.float64)
+        att = sum(rin.pattern[rows[:, 0], head, q, q - L + s] for s in cfg.target_offsets).to(torch.float64)
         f = rows[:, 2]
         target_share = _mean_by_feature(t_sh, f, M)
         dup_share = _mean_by_feature(d_sh, f, M)
