@@ -189,3 +189,8 @@ def test_lagged_induction_family_of_the_induction_organism():
     assert len(textbook.features("induction")) <= len(ind) / 2, textbook.counts()
     with pytest.raises(ConfigError, match="target_offsets"):
         FamilyConfig(target_offsets=(0,))
+    # its induction heads, scored at the same offsets: found, and both need only one matching token
+    ia = induction_analysis(model, n=16, max_prefix=4, repeat_len=10, target_offsets=(3, 4))
+    assert heads <= {f"{l}.{h}" for l, h in ia.heads}, ia.scores
+    assert all(ia.verdicts[h]["kind"] == "short_prefix" for h in heads)
+    assert all(ia.causal["heads"][h]["relative_drop_minus1"] > 0.8 for h in heads)

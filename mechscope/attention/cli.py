@@ -53,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--max-prefix", type=int, default=8)
     i.add_argument("--n", type=int, default=64, help="prompts per measurement")
     i.add_argument("--repeat-len", type=int, default=None, help="repeated-sequence length for the induction scores (default: min(32, (n_ctx-1)//2))")
+    i.add_argument("--induction-offsets", type=int, nargs="+", default=[1], metavar="S",
+                   help="induction target positions, as offsets after the earlier occurrence (default: 1)")
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--out", default=None, help="write induction.json and the figures here")
     i.add_argument("--device", default="cpu")
@@ -131,7 +133,7 @@ def _induction(args) -> int:
 
     model = _load(args)
     ia = induction_analysis(model, args.heads, max_prefix=args.max_prefix, n=args.n, seed=args.seed, threshold=args.threshold,
-                            repeat_len=args.repeat_len)
+                            repeat_len=args.repeat_len, target_offsets=tuple(args.induction_offsets))
     d = {"model": model.name, **ia.to_dict()}
     if args.out:
         out = Path(args.out)

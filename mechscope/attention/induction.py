@@ -61,9 +61,10 @@ def _patterns(model, tokens: Tensor, batch_size: int = 64) -> Tensor:
 
 
 @torch.no_grad()
-def head_scores(model, n: int = 64, repeat_len: int | None = None, seed: int = 0) -> dict:
+def head_scores(model, n: int = 64, repeat_len: int | None = None, seed: int = 0, target_offsets: tuple[int, ...] = (1,)) -> dict:
     """Mean attention of every head, from second-half queries of ``BOS A A`` prompts, to the
-    induction target ``q - L + 1`` (``induction``) and to the earlier same token ``q - L``
+    induction target ``q - L + 1`` (``induction``; summed over ``q - L + s`` for ``s`` in
+    ``target_offsets`` for a lagged circuit) and to the earlier same token ``q - L``
     (``duplicate``); and from every query ``q >= 2`` to ``q - 1`` (``previous``). Values
     ``[n_layers, n_heads]`` as nested lists."""
     model = as_model(model)
@@ -71,12 +72,13 @@ def head_scores(model, n: int = 64, repeat_len: int | None = None, seed: int = 0
     tokens = repeated_sequences(model, n, L, seed)
     pat = _patterns(model, tokens)  # [layer, b, h, q, k]
     q = torch.arange(L + 1, 2 * L + 1)
-    ind = pat[:, :, :, q, q - L + 1].mean((1, 3))
+    ind = sum(pat[:, :, :, q, q - L + s] for s in target_offsets).mean((1, 3))
     dup = pat[:, :, :, q, q - L].mean((1, 3))
     qp = torch.arange(2, 2 * L + 1)
     prev = pat[:, :, :, qp, qp - 1].mean((1, 3))
     r = lambda t: [[round(float(x), 4) for x in row] for row in t]  # noqa: E731
-    return {"repeat_len": L, "n": n, "seed": seed, "induction": r(ind), "duplicate": r(dup), "previous": r(prev)}
+    return {"repeat_len": L, "n": n, "seed": seed, "target_offsets": list(target_offsets), "induction": r(ind), "duplicate": r(dup),
+            "previous": r(prev)}
 
 
 def induction_heads(scores: dict, threshold: float = 0.3, min_layer: int = 1) -> list[Head]:
@@ -132,8 +134,9 @@ def prefix_prompts(model, prefix_len: int, n: int, max_prefix: int, seed: int = 
 
 
 @torch.no_grad()
-def _measure(model, prompts: PrefixPrompts, heads: list[Head]) -> dict:
-    """Mean attention ``q0 -> t0`` per head and the mean centred logit of the target at ``q0``."""
+def _measure(model, prompts: PrefixPrompts, heads: list[Head], target_offsets: tuple[int, ...] = (1,)) -> dict:
+    """Mean attention ``q0 -> t0`` per head (summed over ``t0 - 1 + s``, ``s`` in
+    ``target_offsets``) and the mean centred logit of the target at ``q0``."""
     from mechscope.models import run_with_cache
 
     names = sorted({f"blocks.{l}.attn.hook_pattern" for l, _ in heads})
@@ -141,13 +144,17 @@ def _measure(model, prompts: PrefixPrompts, heads: list[Head]) -> dict:
     last = logits[:, prompts.q0].float()
     centred = last - last.mean(-1, keepdim=True)
     tgt = centred.gather(1, prompts.target[:, None]).squeeze(1)
-    attn = {head_name(h): cache[f"blocks.{h[0]}.attn.hook_pattern"][:, h[1], prompts.q0, prompts.t0] for h in heads}
+    keys = [prompts.t0 - 1 + s for s in target_offsets]
+    if not target_offsets or min(keys) < prompts.t0 or max(keys) >= prompts.q0:
+        raise ConfigError(f"target_offsets must be >= 1 and end before the query; found {tuple(target_offsets)} (source {prompts.t0}, query {prompts.q0})")
+    attn = {head_name(h): cache[f"blocks.{h[0]}.attn.hook_pattern"][:, h[1], prompts.q0, keys].sum(-1) for h in heads}
     return {"attention": {k: float(v.mean()) for k, v in attn.items()}, "logit": float(tgt.mean()),
             "top1": float((last.argmax(-1) == prompts.target).float().mean())}
 
 
 @torch.no_grad()
-def prefix_length_curve(model, heads: list[Head], max_prefix: int = 8, n: int = 64, seed: int = 0) -> dict:
+def prefix_length_curve(model, heads: list[Head], max_prefix: int = 8, n: int = 64, seed: int = 0,
+                        target_offsets: tuple[int, ...] = (1,)) -> dict:
     """Attention to the induction target per head, and the target's logit, for prefix lengths
     ``1 .. max_prefix`` (see the module docstring)."""
     model = as_model(model)
@@ -155,7 +162,7 @@ def prefix_length_curve(model, heads: list[Head], max_prefix: int = 8, n: int = 
     curve = {head_name(h): [] for h in heads}
     logit, top1 = [], []
     for p in range(1, max_prefix + 1):
-        m = _measure(model, prefix_prompts(model, p, n, max_prefix, seed), heads)
+        m = _measure(model, prefix_prompts(model, p, n, max_prefix, seed), heads, target_offsets)
         for k, v in m["attention"].items():
             curve[k].append(round(v, 4))
         logit.append(round(m["logit"], 4))
@@ -180,7 +187,7 @@ def _corrupt(prompts: PrefixPrompts, position: int, pool: list[int], seed: int) 
 
 @torch.no_grad()
 def causal_prefix_test(model, heads: list[Head], prefix_len: int = 4, n: int = 64, seed: int = 0,
-                       max_prefix: int | None = None) -> dict:
+                       max_prefix: int | None = None, target_offsets: tuple[int, ...] = (1,)) -> dict:
     """Corrupt the token two before the source (``t0 - 2``), and as controls ``t0 - 1`` and a far
     filler (``t0 - prefix_len - 1``, or position 1); report per head the attention to the
     target clean and corrupted, and the drops (absolute and relative to clean)."""
@@ -194,7 +201,7 @@ def causal_prefix_test(model, heads: list[Head], prefix_len: int = 4, n: int = 6
     far = max(1, clean.t0 - prefix_len - 1)
     variants = {"clean": clean, "minus2": _corrupt(clean, clean.t0 - 2, pool, seed),
                 "minus1": _corrupt(clean, clean.t0 - 1, pool, seed), "far": _corrupt(clean, far, pool, seed)}
-    res = {k: _measure(model, v, heads) for k, v in variants.items()}
+    res = {k: _measure(model, v, heads, target_offsets) for k, v in variants.items()}
     per_head = {}
     for h in heads:
         k = head_name(h)
@@ -245,12 +252,14 @@ def classify(curve: list[float], causal: dict, gain: float = 0.1, relative_drop:
 
 @torch.no_grad()
 def induction_analysis(model, heads: list | None = None, *, max_prefix: int = 8, n: int = 64, seed: int = 0,
-                       threshold: float = 0.3, causal_prefix: int = 4, repeat_len: int | None = None) -> InductionAnalysis:
+                       threshold: float = 0.3, causal_prefix: int = 4, repeat_len: int | None = None,
+                       target_offsets: tuple[int, ...] = (1,)) -> InductionAnalysis:
     """Find the induction heads (``heads`` given, else from the model's card roles, else every
     head with induction score >= ``threshold`` on repeats of ``repeat_len`` tokens), then
     measure their prefix-length curves and run the causal ``t0 - 2`` test."""
     model = as_model(model)
-    scores = head_scores(model, n=n, repeat_len=repeat_len, seed=seed)
+    target_offsets = tuple(target_offsets)
+    scores = head_scores(model, n=n, repeat_len=repeat_len, seed=seed, target_offsets=target_offsets)
     source = "given"
     if heads is None:
         roles = (model.meta.get("roles") or {}).get("induction")
@@ -262,7 +271,8 @@ def induction_analysis(model, heads: list | None = None, *, max_prefix: int = 8,
     if not heads:
         return InductionAnalysis(scores, [], {}, {}, {}, source)
     max_prefix = min(max_prefix, (prompt_length(model, max_prefix) - 4) // 2)
-    curve = prefix_length_curve(model, heads, max_prefix=max_prefix, n=n, seed=seed)
-    causal = causal_prefix_test(model, heads, prefix_len=min(causal_prefix, max_prefix), n=n, seed=seed, max_prefix=max_prefix)
+    curve = prefix_length_curve(model, heads, max_prefix=max_prefix, n=n, seed=seed, target_offsets=target_offsets)
+    causal = causal_prefix_test(model, heads, prefix_len=min(causal_prefix, max_prefix), n=n, seed=seed, max_prefix=max_prefix,
+                                target_offsets=target_offsets)
     verdicts = {head_name(h): classify(curve["attention_to_target"][head_name(h)], causal["heads"][head_name(h)]) for h in heads}
     return InductionAnalysis(scores, heads, curve, causal, verdicts, source)

@@ -140,7 +140,7 @@ def analyze(model, sae, *, out_dir: str | Path | None = None, corpus_tokens=None
     ind = None
     if induction:
         say("induction heads: scores, prefix-length curves, causal test")
-        ind = induction_analysis(model, heads, seed=seed, repeat_len=fam.config.repeat_len)
+        ind = induction_analysis(model, heads, seed=seed, repeat_len=fam.config.repeat_len, target_offsets=fam.config.target_offsets)
     fam_dict = fam.to_dict()
     summary = {
         "format": FORMAT, "version": VERSION,
