@@ -118,7 +118,7 @@ class ActivationStore:
         epochs: int = 1,
         buffer_shards: int = 4,
         block_rows: int | None = None,
-        read_threads: int = 2,
+        read_threads: int = 1,
         drop_last: bool = True,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
@@ -129,9 +129,10 @@ class ActivationStore:
         Shards are permuted per epoch and dealt round-robin to ranks, so ranks see disjoint
         rows. Each group of ``buffer_shards`` shards is cut into blocks of ``block_rows``
         consecutive rows (default: 64 KiB of the widest hook's rows, at most 64 rows — 64 rows of a
-        256-wide fp32 residual); the blocks are permuted and read straight from the files into the batch by
-        ``read_threads`` threads — one copy per byte, like a plain sequential read, so batches
-        come about as fast as ``numpy.fromfile`` reads the files (``benchmarks/activation_cache.py``).
+        256-wide fp32 residual); the blocks are permuted and read straight from the files into
+        the batch (``read_threads`` threads; one measured as fast as two on 2 cores) — one copy
+        per byte, like a plain sequential read. ``benchmarks/activation_cache.py`` measures it
+        against ``numpy.fromfile`` of the same files.
         A batch of 4096 such rows mixes 64 random blocks from ``buffer_shards`` shards;
         ``block_rows=1`` shuffles single rows, at one system call per row. Rows left over at
         the end of a group start the next one. The same seed, rank, world size and block size
