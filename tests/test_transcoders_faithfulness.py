@@ -70,6 +70,7 @@ def test_task_path_search_uses_the_task_logit_difference(setup):
         u = task_direction(run, task, b)
         assert float(run.logits[b, 6].double() @ u) == pytest.approx(float(metric[b]), abs=1e-5)
         assert result.root_values[b] == pytest.approx(float(metric[b]), abs=1e-4)
-        assert 1 <= len(result.paths[b]) <= 4
+        paths = result.paths[b]  # n_paths of them, all rooted at prompt b's logit difference
+        assert len(paths) == 4 and all(p.nodes and p.batch == b and p.root_value == result.root_values[b] for p in paths)
     assert circuit.method == "transcoder_paths" and set(circuit.node_scores) == {f"{l}.{h}" for l in range(2) for h in range(4)} | {"mlp0", "mlp1"}
     assert circuit.metadata["n_features_on_paths"] == len(result.ranked_features())
