@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -118,7 +117,6 @@ class ActivationStore:
         epochs: int = 1,
         buffer_shards: int = 4,
         block_rows: int | None = None,
-        read_threads: int = 1,
         drop_last: bool = True,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
@@ -130,8 +128,8 @@ class ActivationStore:
         rows. Each group of ``buffer_shards`` shards is cut into blocks of ``block_rows``
         consecutive rows (default: 64 KiB of the widest hook's rows, at most 64 rows — 64 rows of a
         256-wide fp32 residual); the blocks are permuted and read straight from the files into
-        the batch (``read_threads`` threads; one measured as fast as two on 2 cores) — one copy
-        per byte, like a plain sequential read. ``benchmarks/activation_cache.py`` measures it
+        the batch with ``preadv`` — one copy per byte, like a plain sequential read (two reading
+        threads measured no faster on 2 cores). ``benchmarks/activation_cache.py`` measures it
         against ``numpy.fromfile`` of the same files.
         A batch of 4096 such rows mixes 64 random blocks from ``buffer_shards`` shards;
         ``block_rows=1`` shuffles single rows, at one system call per row. Rows left over at
@@ -144,14 +142,13 @@ class ActivationStore:
             raise StoreError(f"rank must be in [0, {world_size}), found {rank}")
         if block_rows is None:
             block_rows = min(BLOCK_MAX_ROWS, max(1, BLOCK_BYTES // max(self.d(h) * DTYPES[self.manifest.dtype][2] for h in hooks)))
-        if min(batch_size, block_rows, buffer_shards, read_threads) < 1:
-            raise StoreError(f"batch_size, block_rows, buffer_shards and read_threads must be >= 1; found {batch_size}, {block_rows}, "
-                             f"{buffer_shards}, {read_threads}")
+        if min(batch_size, block_rows, buffer_shards) < 1:
+            raise StoreError(f"batch_size, block_rows and buffer_shards must be >= 1; found {batch_size}, {block_rows}, {buffer_shards}")
         n_shards = len(self.manifest.shards)
         if n_shards < world_size:
             raise StoreError(f"{self.root}: {n_shards} shards cannot be split over {world_size} ranks; cache with smaller contexts_per_shard")
         gen = torch.Generator().manual_seed(seed)
-        files = _ShardFiles(self, hooks, read_threads)
+        files = _ShardFiles(self, hooks)
         try:
             for _ in range(epochs):
                 order = torch.randperm(n_shards, generator=gen).tolist()[rank::world_size]
@@ -174,17 +171,14 @@ class ActivationStore:
                 if carry and not drop_last:
                     yield files.read(carry, sum(p[2] for p in carry), dtype, device, single)
         finally:
-            files.close(pool=True)
+            files.close()
 
 
 class _ShardFiles:
-    """Open shard files of some hooks, read piecewise into batch tensors with ``preadv``
-    (which releases the GIL, so ``threads`` threads copy at once)."""
+    """Open shard files of some hooks, read piecewise into batch tensors with ``preadv``."""
 
-    def __init__(self, store: ActivationStore, hooks: list[str], threads: int = 1):
+    def __init__(self, store: ActivationStore, hooks: list[str]):
         self.store, self.hooks, self.fds = store, hooks, {}
-        self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
-        self.threads = threads
         np_dtype, self.torch_dtype, self.itemsize = DTYPES[store.manifest.dtype]
         self.raw_dtype = torch.int16 if store.manifest.dtype == "bfloat16" else self.torch_dtype
 
@@ -201,36 +195,24 @@ class _ShardFiles:
             row_bytes = self.store.d(hook) * self.itemsize
             out = torch.empty((n, self.store.d(hook)), dtype=self.raw_dtype)
             view = memoryview(out.numpy()).cast("B")
-            jobs, a, fd = [], 0, self._fd
-            for shard, first, rows in pieces:  # (fd, destination, file offset, shard, first row)
-                b = a + rows * row_bytes
-                jobs.append((fd(hook, shard), view[a:b], first * row_bytes, shard, first))
-                a = b
-            if self.pool is None or len(jobs) < 2 * self.threads:
-                self._read_jobs(hook, jobs)
-            else:
-                step = -(-len(jobs) // self.threads)
-                for f in [self.pool.submit(self._read_jobs, hook, jobs[i : i + step]) for i in range(0, len(jobs), step)]:
-                    f.result()
+            a = 0
+            for shard, first, rows in pieces:
+                dest = view[a : a + rows * row_bytes]
+                got = _pread_into(self._fd(hook, shard), dest, first * row_bytes)
+                if got != len(dest):
+                    raise StoreError(f"shard {shard} of hook {hook!r} ended early: expected {len(dest):,} bytes at row {first}, read {got:,} "
+                                     f"({self.store.manifest.shard_path(self.store.root, hook, shard)})")
+                a += len(dest)
             if self.raw_dtype is not self.torch_dtype:
                 out = out.view(self.torch_dtype)
             outs.append(out.to(device=device, dtype=dtype))
         return outs[0] if single else tuple(outs)
 
-    def _read_jobs(self, hook: str, jobs: list) -> None:
-        for fd, dest, offset, shard, first in jobs:
-            got = _pread_into(fd, dest, offset)
-            if got != len(dest):
-                raise StoreError(f"shard {shard} of hook {hook!r} ended early: expected {len(dest):,} bytes at row {first}, read {got:,} "
-                                 f"({self.store.manifest.shard_path(self.store.root, hook, shard)})")
-
-    def close(self, pool: bool = False) -> None:
-        """Close the open files (and, with ``pool``, the reading threads)."""
+    def close(self) -> None:
+        """Close the open files."""
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
-        if pool and self.pool is not None:
-            self.pool.shutdown()
 
 
 def _pread_into(fd: int, buffer: memoryview, offset: int) -> int:
