@@ -124,6 +124,46 @@ def test_jumprelu_straight_through_estimator():
     assert d.W_enc.grad is None or d.W_enc.grad.abs().sum() == 0
 
 
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_full_batch_gradient_is_autograds(apply_b_dec):
+    """The hand-written ReLU-L1 gradient of fit_full_batch equals autograd's on Dictionary.forward
+    (W_dec's after removing its parallel component), on sparse planted data with live latents."""
+    from mechscope.dictionaries.full_batch import relu_sae_grads
+
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.rand(96, 48, generator=gen).lt(0.1) * torch.rand(96, 48, generator=gen)
+    x = (codes @ torch.randn(48, 16, generator=gen) + 0.5).double()
+    cfg = DictionaryConfig(d_in=16, n_latents=64, activation="relu", l1_coeff=0.3, dtype="float64", apply_b_dec_to_input=apply_b_dec)
+    d = Dictionary(cfg, seed=1)
+    with torch.no_grad():
+        d.init_from_data(x)
+        d.b_dec.add_(0.1)  # b_dec away from the mean, so its gradient is not ~0
+        d.normalize_decoder_()
+    out = d(x)
+    out.total.backward()
+    d.remove_parallel_grad_()
+    assert 0 < out.l0 < 64
+    grads, loss = relu_sae_grads(d, x)
+    torch.testing.assert_close(loss, out.total.detach(), rtol=1e-12, atol=1e-12)
+    for name, g in zip(("W_enc", "b_enc", "W_dec", "b_dec"), grads):
+        torch.testing.assert_close(g, getattr(d, name).grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_full_batch_fit_lowers_the_loss_and_keeps_unit_decoder():
+    from mechscope.dictionaries.full_batch import fit_full_batch, relu_sae_grads
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(90, 40, generator=gen).lt(0.08) * torch.rand(90, 40, generator=gen)) @ torch.randn(40, 24, generator=gen)
+    cfg = DictionaryConfig(d_in=24, n_latents=80, activation="relu", l1_coeff=0.1)
+    before = relu_sae_grads(fit_full_batch(cfg, x, 1, 1e-3), x)[1]
+    d = fit_full_batch(cfg, x, 300, 1e-2)
+    after = relu_sae_grads(d, x)[1]
+    assert after < 0.5 * before, (before, after)
+    torch.testing.assert_close(d.W_dec.norm(dim=1), torch.ones(80))
+    with pytest.raises(ConfigError, match="fit_full_batch fits ReLU-L1 SAEs"):
+        fit_full_batch(DictionaryConfig(d_in=24, n_latents=80, activation="topk", k=4), x, 1, 1e-3)
+
+
 def test_batchtopk_uses_learned_threshold_at_inference():
     d = Dictionary(DictionaryConfig(d_in=8, n_latents=32, activation="batchtopk", k=3), seed=0)
     x = torch.randn(128, 8)

@@ -11,8 +11,8 @@ Scalable and Reliable Circuit Identification in Language Models", arXiv:2405.125
 3. **One SAE shared across components**, trained on the vectors of ``n_train`` prompts (half
    positives, half negatives; default 10 — the paper needs 5-10) with a ReLU + L1 objective.
    It is a :class:`mechscope.dictionaries.Dictionary` fitted with full-batch Adam by
-   :func:`mechscope.dictionaries.trainer.fit_full_batch` (the streaming trainer's bookkeeping
-   would cost more than the fit itself on a few hundred rows).
+   :func:`mechscope.dictionaries.full_batch.fit_full_batch` (hand-written gradient, no
+   autograd: on a few hundred rows a step's cost is overhead, not arithmetic).
 4. **Codes.** ``code="argmax"``: the index of the most active latent per (prompt, component)
    (a row with no active latent gets the extra code ``n_latents``); ``code="topk"``: the set of
    the ``k`` most active latents.
@@ -124,7 +124,7 @@ def head_vectors(model: Model, task: Task, averaging: str = "mean", max_prompts:
 def train_sae(vectors: HeadVectors, cfg: CodeConfig):
     """The shared SAE, trained on the vectors of ``cfg.n_train`` prompts (half positive, half negative)."""
     from mechscope.dictionaries import DictionaryConfig
-    from mechscope.dictionaries.trainer import fit_full_batch
+    from mechscope.dictionaries.full_batch import fit_full_batch
 
     n = vectors.pos.shape[0]
     n_pos = min(n, (cfg.n_train + 1) // 2)

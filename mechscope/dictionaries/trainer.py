@@ -380,35 +380,3 @@ def _progress_bar(enabled: bool, start: int, total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, unit="step", desc="training dictionaries", dynamic_ncols=True)
-
-
-def fit_full_batch(cfg: DictionaryConfig, x: torch.Tensor, steps: int, lr: float, *, seed: int = 0,
-                   betas: tuple[float, float] = (0.9, 0.999)) -> Dictionary:
-    """Fit one ReLU-L1 SAE to a small in-memory ``x [n, d_in]`` with full-batch Adam steps.
-
-    The same objective, decoder constraint and data initialisation as :func:`train`, without its
-    streaming bookkeeping (shuffling, checkpoints, dead-latent counters, logging), which dominates
-    the cost when ``x`` has a few hundred rows — as in the discrete-code circuit method. Constant
-    learning rate, no clipping; returns the dictionary in eval mode.
-    """
-    if cfg.kind != "sae" or cfg.activation != "relu":
-        raise ConfigError(f"fit_full_batch fits ReLU-L1 SAEs; found kind={cfg.kind!r}, activation={cfg.activation!r} (use train())")
-    if x.ndim != 2 or x.shape[1] != cfg.d_in:
-        raise ConfigError(f"expected x of shape [n, {cfg.d_in}], found {tuple(x.shape)}")
-    d = Dictionary(cfg, seed=seed, device="cpu")
-    x = x.to(d.W_enc.dtype)
-    with torch.no_grad():
-        d.init_from_data(x)
-        d.normalize_decoder_()
-    opt = torch.optim.Adam(d.parameters(), lr=lr, betas=betas)
-    for _ in range(steps):
-        out: ForwardOutput = d(x)
-        out.total.backward()
-        d.remove_parallel_grad_()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            d.normalize_decoder_()
-    if not torch.isfinite(out.total):
-        raise NonFiniteError(f"full-batch SAE fit diverged: final loss {out.total.item()} after {steps} steps at lr {lr}")
-    return d.eval()
