@@ -111,6 +111,32 @@ def test_sparse_topk_backward_equals_dense_autograd(kind):
         torch.testing.assert_close(sparse[name], p.grad, rtol=1e-9, atol=1e-12, msg=name)
 
 
+def test_bf16_candidates_keep_exact_values_and_almost_always_the_same_latents(monkeypatch):
+    """bf16 candidate selection (forced on, whatever the CPU) returns exact fp32 pre-activations,
+    the same latent sets as the exact path on (nearly) every row, and leaves encode() exact."""
+    from mechscope.dictionaries import sparse as S
+
+    monkeypatch.setattr(S, "BF16_CANDIDATES", True)
+    g = torch.Generator().manual_seed(0)
+    codes = torch.rand(2048, 512, generator=g).lt(0.02) * torch.rand(2048, 512, generator=g)
+    x = codes @ torch.randn(512, 64, generator=g)
+    d = Dictionary(DictionaryConfig(d_in=64, n_latents=1024, activation="topk", k=16), seed=0)
+    W, b = d.W_enc.detach(), d.b_enc.detach().normal_(0, 0.1)
+    ref_v, ref_i = S.select_topk(x, W, b, 16, candidates="exact")
+    v, i = S.select_topk(x, W, b, 16, candidates="auto")
+    assert torch.equal(i, i.sort(1).values)
+    torch.testing.assert_close(v, (x @ W.T + b).gather(1, i), rtol=1e-5, atol=1e-5)  # values are fp32, not bf16
+    same = (i == ref_i).all(1).float().mean().item()
+    assert same >= 0.995, same
+    assert (v.min(1).values >= ref_v.min(1).values - 1e-3).all()  # a swap only among near-equal latents
+    pre = x @ W.T + b
+    top_v, top_i = pre.topk(16, dim=1)
+    dense = torch.zeros_like(pre).scatter(1, top_i, top_v.relu())
+    torch.testing.assert_close(d.encode(x), dense)  # inference is exact
+    with pytest.raises(ConfigError, match="candidates must be 'exact' or 'auto'; found 'fast'"):
+        S.select_topk(x, W, b, 16, candidates="fast")
+
+
 def test_jumprelu_straight_through_estimator():
     d = Dictionary(DictionaryConfig(d_in=8, n_latents=32, activation="jumprelu", jumprelu_threshold=0.3, jumprelu_bandwidth=0.5), seed=0)
     x = torch.randn(256, 8)

@@ -197,7 +197,8 @@ class Dictionary(nn.Module):
         sparse_path = cfg.activation == "topk" or (cfg.activation == "batchtopk" and self.training)
         if sparse_path:
             k = cfg.k if cfg.activation == "topk" else min(cfg.n_latents, A.BATCHTOPK_CANDIDATES * cfg.k)
-            vals, idx = S.select_topk(xe.detach(), self.W_enc.detach(), self.b_enc.detach(), k)
+            vals, idx = S.select_topk(xe.detach(), self.W_enc.detach(), self.b_enc.detach(), k,
+                                      candidates="auto" if torch.is_grad_enabled() else "exact")
             order = S.latent_order(idx, cfg.n_latents) if torch.is_grad_enabled() else None
             acts = S.gather_preacts(xe, self.W_enc, self.b_enc, idx, vals, order).relu()
             if cfg.activation == "batchtopk":
