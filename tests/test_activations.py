@@ -42,6 +42,10 @@ def test_half_precision_stores(tl_model, heldout_stream, tmp_path, dtype, torch_
     ref = run_with_cache(tl_model, heldout_stream.batch(0, 16), HOOKS[1])[HOOKS[1]][:, 1:].reshape(16 * 31, -1)
     assert store.shard(HOOKS[1], 0).dtype == torch_dtype
     torch.testing.assert_close(store.load_all(HOOKS[1]), ref.to(torch_dtype).float(), rtol=0, atol=0)
+    # shuffled batches read the same half-precision rows (as float32 by default)
+    every = {tuple(r.tolist()) for r in store.load_all(HOOKS[1])}
+    batch = next(store.batches(HOOKS[1], 64))
+    assert batch.dtype == torch.float32 and all(tuple(r.tolist()) in every for r in batch)
 
 
 def test_shuffled_batches_seeded_rank_split_and_row_aligned(tl_model, heldout_stream, tmp_path):
