@@ -11,8 +11,9 @@ steps, coefficient 1/32 in each library's own units. Same lr, same batches, same
     python benchmarks/sae_training.py                 # d_in=256, 4096 latents, k=32, batch 4096, 2 threads
     python benchmarks/sae_training.py --device cuda   # GPU figures (bf16 autocast where the library uses it)
 
-Prints one JSON object per library: tokens_per_s (timed steps only), fvu (held-out rows, after
-all steps), peak_mem_mb (resident memory the training added: peak RSS during the timed steps minus
+Prints one JSON object per library: tokens_per_s (timed steps only; the median of ``--repeats``
+runs, interleaved across libraries, each listed in tokens_per_s_runs — on a shared machine one run
+can be off by 15 %), fvu (held-out rows, after all steps), peak_mem_mb (resident memory the training added: peak RSS during the timed steps minus
 RSS before the first timed step, from /proc/self/status VmHWM reset at that point; on GPU,
 max CUDA memory allocated), and the settings.
 """
@@ -204,24 +205,51 @@ def main() -> None:
     p.add_argument("--active", type=int, default=24, help="planted features per row")
     p.add_argument("--eval-rows", type=int, default=8192)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3, help="runs per library (interleaved); tokens_per_s is their median")
     p.add_argument("--worker", dest="lib", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.lib:
         print(json.dumps(worker(args)))
         return
+    libs = args.libs.split(",")
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1; found {args.repeats}")
+    runs: dict[str, list[dict]] = {lib: [] for lib in libs}
+    errors: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "rows.pt")
         make_data(data, args.d_in, args.n_true, args.active, args.batch * args.steps + args.eval_rows, args.seed)
-        passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("lib", "data", "libs")]
-        for lib in args.libs.split(","):
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
-            r = subprocess.run([sys.executable, __file__, *passthrough, "--worker", lib, "--data", data], capture_output=True, text=True, env=env)
-            line = next((ln for ln in reversed(r.stdout.splitlines()) if ln.startswith("{")), None)
-            if r.returncode != 0 or line is None:
-                print(json.dumps({"library": lib, "error": (r.stderr or r.stdout).strip().splitlines()[-1:]}))
-                continue
-            print(line, flush=True)
+        passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("lib", "data", "libs", "repeats")]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
+        for r in range(args.repeats):  # interleaved, the order rotating, so drift in machine speed hits every library alike
+            for lib in libs[r % len(libs):] + libs[: r % len(libs)]:
+                if lib in errors:
+                    continue
+                proc = subprocess.run([sys.executable, __file__, *passthrough, "--worker", lib, "--data", data], capture_output=True, text=True, env=env)
+                line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
+                if proc.returncode != 0 or line is None:
+                    errors[lib] = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+                    continue
+                runs[lib].append(json.loads(line))
+    for lib in libs:
+        if lib in errors:
+            print(json.dumps({"library": lib, "error": errors[lib]}))
+            continue
+        print(json.dumps(summarize(runs[lib])), flush=True)
+
+
+def summarize(runs: list[dict]) -> dict:
+    """One library's runs -> its first run's record with ``tokens_per_s`` / ``step_ms`` the median
+    over runs (each run listed in ``tokens_per_s_runs``) and ``peak_mem_mb`` the largest."""
+    speeds = sorted(r["tokens_per_s"] for r in runs)
+    out = dict(runs[0])
+    out["tokens_per_s"] = speeds[len(speeds) // 2] if len(speeds) % 2 else round((speeds[len(speeds) // 2 - 1] + speeds[len(speeds) // 2]) / 2, 1)
+    out["step_ms"] = round(1000 * out["batch"] / out["tokens_per_s"], 2)
+    out["tokens_per_s_runs"] = [r["tokens_per_s"] for r in runs]
+    out["peak_mem_mb"] = max(r["peak_mem_mb"] for r in runs)
+    out["repeats"] = len(runs)
+    return out
 
 
 if __name__ == "__main__":
