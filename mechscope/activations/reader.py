@@ -212,7 +212,7 @@ class _ShardFiles:
                 jobs.append((self._fd(hook, shard), view[a:b], first * row_bytes, shard, first))
                 a = b
             parts = min(self.threads, len(jobs) // 4) or 1  # preadv releases the GIL: threads copy at once
-            step = -(-len(jobs) // parts)
+            step = max(1, -(-len(jobs) // parts))
             others = [self.workers.submit(self._read_jobs, hook, jobs[i : i + step]) for i in range(step, len(jobs), step)]
             try:
                 self._read_jobs(hook, jobs[:step])
@@ -234,7 +234,7 @@ class _ShardFiles:
                                  f"({self.store.manifest.shard_path(self.store.root, hook, shard)})")
 
     def close(self, final: bool = False) -> None:
-        """Close the open files (``final``: and stop the reading thread)."""
+        """Close the open files (``final``: and stop the reading threads)."""
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
@@ -254,19 +254,21 @@ class _BufferPool:
 
     def __init__(self, keep: int = 4):
         self.keep, self.arrays = keep, {}
+        self.unheld = max(self._counts([np.empty(0)]))  # what an array nobody else holds counts, on this interpreter
+
+    @staticmethod
+    def _counts(arrays: list) -> list[int]:
+        return [sys.getrefcount(a) for a in arrays]
 
     def get(self, shape: tuple[int, ...], dtype) -> np.ndarray:
         arrays = self.arrays.setdefault((shape, np.dtype(dtype).str), [])
-        for a in arrays:
-            if sys.getrefcount(a) <= _POOL_REFS:
+        for a, refs in zip(arrays, self._counts(arrays)):
+            if refs <= self.unheld:
                 return a
         a = np.empty(shape, dtype=dtype)
         if len(arrays) < self.keep:
             arrays.append(a)
         return a
-
-
-_POOL_REFS = 3  # references to a pooled array nobody else holds: the list, the loop variable, getrefcount's argument
 
 
 def _pread_into(fd: int, buffer: memoryview, offset: int) -> int:
