@@ -17,6 +17,7 @@ deterministic.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import NamedTuple
 
@@ -61,6 +62,7 @@ def bf16_candidates_enabled(x: Tensor) -> bool:
     return _cpu_has_amx_bf16()
 
 
+@functools.cache
 def _cpu_has_amx_bf16() -> bool:
     probe = getattr(torch._C._cpu, "_get_cpu_capability", None)  # private: absent in some torch builds
     return bool(probe is not None and probe().get("amx_bf16", False))
