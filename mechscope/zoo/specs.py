@@ -84,7 +84,12 @@ SPECS: dict[str, OrganismSpec] = {
             name="docstring-2l",
             description="2-layer attention-only transformer that completes docstring :param lines with the next def argument "
                         "(a docstring-like argument-copying task) and models code.",
-            task="docstring", variant="code", steps=2500, concentrate=0.03,
+            task="docstring", variant="code",
+            # 16 corpus contexts per step and 5000 steps: held-out top-1 0.97 (8 contexts, 2500
+            # steps: 0.86), and the layer-1 heads read 0.1 through K-composition. Still a 6-head
+            # circuit (best 5-head set: faithfulness 0.887); 3 layers spread it over 11 of 12 heads,
+            # concentrate 0.05 at 5000 steps did not learn the task (held-out 0.33).
+            steps=5000, corpus_batch=16, concentrate=0.03,
         ),
         OrganismSpec(
             name="greater-than-2l",
