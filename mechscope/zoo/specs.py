@@ -85,11 +85,11 @@ SPECS: dict[str, OrganismSpec] = {
             description="2-layer attention-only transformer that completes docstring :param lines with the next def argument "
                         "(a docstring-like argument-copying task) and models code.",
             task="docstring", variant="code",
-            # 16 corpus contexts per step and 5000 steps: held-out top-1 0.97 (8 contexts, 2500
-            # steps: 0.86), and the layer-1 heads read 0.1 through K-composition. Still a 6-head
-            # circuit (best 5-head set: faithfulness 0.887); 3 layers spread it over 11 of 12 heads,
-            # concentrate 0.05 at 5000 steps did not learn the task (held-out 0.33).
-            steps=5000, corpus_batch=16, concentrate=0.03,
+            # 16 corpus contexts per step, 5000 steps, concentrate 0.04: held-out top-1 0.99 and a
+            # 5-head circuit whose layer-1 heads read 0.1 through K-composition. Measured: 8 contexts /
+            # 2500 steps / 0.03: 0.86, 6 heads; 16 / 5000 / 0.03: 0.97, 6 heads; 0.05: task not learned
+            # (0.33); the 0.03 recipe with seed 1: not learned (0.29); 3 layers: 11 of 12 heads.
+            steps=5000, corpus_batch=16, concentrate=0.04,
         ),
         OrganismSpec(
             name="greater-than-2l",
