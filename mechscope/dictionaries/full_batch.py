@@ -26,12 +26,18 @@ from mechscope.dictionaries.dictionary import Dictionary
 from mechscope.errors import ConfigError, NonFiniteError
 
 
-def relu_sae_grads(d: Dictionary, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+def total_variance(x: torch.Tensor) -> float:
+    """``V = |x - mean(x)|^2`` of ``x [n, d]`` (at least the dtype's smallest positive number)."""
+    return float((x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny))
+
+
+def relu_sae_grads(d: Dictionary, x: torch.Tensor, var: float | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Gradients of the objective above for ``[W_enc, b_enc, W_dec, b_dec]`` (the ``W_dec`` one with
-    its parallel component removed), and the loss, at ``x [n, d_in]``. ``d`` must have unit decoder rows."""
+    its parallel component removed), and the loss, at ``x [n, d_in]``. ``d`` must have unit decoder
+    rows; ``var``: :func:`total_variance` of ``x``, when the caller already has it."""
     W_enc, b_enc, W_dec, b_dec = d.W_enc.detach(), d.b_enc.detach(), d.W_dec.detach(), d.b_dec.detach()
     n = x.shape[0]
-    var = float((x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny))
+    var = total_variance(x) if var is None else var
     l1 = d.cfg.l1_coeff / (n * (var / n) ** 0.5)
     xe = x - b_dec if d.cfg.apply_b_dec_to_input else x
     pre = torch.addmm(b_enc, xe, W_enc.t())
@@ -69,9 +75,10 @@ def fit_full_batch(cfg: DictionaryConfig, x: torch.Tensor, steps: int, lr: float
     m1 = [torch.zeros_like(p) for p in params]
     m2 = [torch.zeros_like(p) for p in params]
     b1, b2 = betas
+    var = total_variance(x)  # x is the same every step
     loss = torch.zeros(())
     for t in range(1, steps + 1):
-        grads, loss = relu_sae_grads(d, x)
+        grads, loss = relu_sae_grads(d, x, var)
         torch._foreach_lerp_(m1, grads, 1 - b1)
         torch._foreach_mul_(m2, b2)
         torch._foreach_addcmul_(m2, grads, grads, 1 - b2)
