@@ -1,6 +1,7 @@
 """Circuit finders on a shipped organism with a verified circuit (zoo:ioi-2l, whose card's circuit
 was found by exhaustive mean-ablation search): every method runs and is scored; the discrete-code
-method finds a planted difference and runs on the organism; EAP ranks the circuit's heads well
+method finds a planted difference, runs on the organism and, on docstring-2l, ranks the circuit's
+heads well above chance over SAE seeds; EAP ranks the circuit's heads well
 above chance (node AUC 0.94 measured with 64 held-out prompts; chance is 0.5); results are
 deterministic and round-trip through JSON. Every method runs with its defaults.
 """
@@ -58,6 +59,21 @@ def test_discrete_codes_run_on_an_organism(setting):
     assert circuit.nodes == [c for c in circuit.node_scores if circuit.node_scores[c] > 0]
     assert circuit.metadata["n_positives"] >= 32 and circuit.runtime_s > 0
     assert 0.0 <= _node_auc(circuit, truth, graph) <= 1.0
+
+
+def test_discrete_codes_well_above_chance_on_docstring():
+    """The paper's method with its defaults on docstring-2l (64 held-out prompts), over SAE seeds
+    0-4 through ``robustness``: the median node AUC is well above chance (0.5). Measured: see the
+    closing note of issue 5; on ioi-2l and greater-than-2l the same method is near chance."""
+    from mechscope.circuits.discrete_codes import robustness
+
+    model, task, truth = load_task_and_truth("zoo:docstring-2l", n=64, seed=0)
+    report = robustness(model, task, truth, grid={"seed": [0, 1, 2, 3, 4]})
+    runs = report["parameters"]["seed"]["runs"]
+    aucs = sorted(r["node_auc"] for r in runs)
+    assert [r["value"] for r in runs] == [0, 1, 2, 3, 4]
+    assert aucs[2] >= 0.8, f"median node AUC over SAE seeds {aucs}"
+    assert report["parameters"]["seed"]["node_auc_spread"] == aucs[-1] - aucs[0]
 
 
 def test_discrete_codes_deterministic(setting):

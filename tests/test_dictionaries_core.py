@@ -190,6 +190,30 @@ def test_full_batch_fit_lowers_the_loss_and_keeps_unit_decoder():
         fit_full_batch(DictionaryConfig(d_in=24, n_latents=80, activation="topk", k=4), x, 1, 1e-3)
 
 
+def test_full_batch_fit_steps_are_torch_adam():
+    """fit_full_batch's fused loop = torch.optim.Adam on relu_sae_grads, then unit decoder rows."""
+    from mechscope.dictionaries.full_batch import fit_full_batch, relu_sae_grads
+
+    gen = torch.Generator().manual_seed(3)
+    x = ((torch.rand(60, 30, generator=gen).lt(0.1) * torch.rand(60, 30, generator=gen)) @ torch.randn(30, 12, generator=gen)).double()
+    cfg = DictionaryConfig(d_in=12, n_latents=40, activation="relu", l1_coeff=0.2, dtype="float64")
+    ref = Dictionary(cfg, seed=5)
+    params = [ref.W_enc, ref.b_enc, ref.W_dec, ref.b_dec]
+    opt = torch.optim.Adam(params, lr=1e-2, foreach=False)
+    with torch.no_grad():
+        ref.init_from_data(x)
+        ref.normalize_decoder_()
+    for _ in range(7):
+        for p, g in zip(params, relu_sae_grads(ref, x)[0]):
+            p.grad = g
+        opt.step()
+        with torch.no_grad():
+            ref.normalize_decoder_()
+    fit = fit_full_batch(cfg, x, 7, 1e-2, seed=5)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(fit, name), getattr(ref, name), rtol=1e-10, atol=1e-12, msg=name)
+
+
 def test_batchtopk_uses_learned_threshold_at_inference():
     d = Dictionary(DictionaryConfig(d_in=8, n_latents=32, activation="batchtopk", k=3), seed=0)
     x = torch.randn(128, 8)

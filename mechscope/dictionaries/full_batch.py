@@ -4,9 +4,11 @@ Used by the discrete-code circuit method, where the SAE sees the head outputs of
 At that size the cost of a step is Python overhead, not arithmetic: autograd, the optimiser's
 bookkeeping and :meth:`Dictionary.forward`'s extra metrics took 1.8 ms of a 2 ms step (90 rows,
 d_in 128, 300 latents, 2 threads). :func:`fit_full_batch` therefore writes the gradient of the
-same objective out by hand (five matrix products) and applies the same Adam update with
-``torch._foreach`` ops: 0.7 ms a step. ``tests/test_dictionaries_core.py`` checks the gradient
-against autograd on :meth:`Dictionary.forward`.
+same objective out by hand (five matrix products, ~15 tensor ops), applies Adam with torch's
+fused CPU kernel (one op for all four tensors) and runs on one thread (a second thread costs
+more than it gives on products this small, and stalls when the other core is busy).
+``tests/test_dictionaries_core.py`` checks the gradient against autograd on
+:meth:`Dictionary.forward` and the update against ``torch.optim.Adam``.
 
 Objective (as :meth:`Dictionary.forward` for ``activation="relu"``), ``x [n, d]``::
 
@@ -31,29 +33,37 @@ def total_variance(x: torch.Tensor) -> float:
     return float((x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny))
 
 
+def _grads(W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor, x: torch.Tensor, var: float,
+           l1: torch.Tensor, apply_b_dec: bool, with_loss: bool) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """The gradient (and, ``with_loss``, the loss) of the objective above; ``l1`` (a 0-d tensor of
+    ``x``'s dtype) already divided by ``n * rms``. Kept to few tensor ops: at this size each op
+    costs more than its arithmetic."""
+    xe = x - b_dec if apply_b_dec else x
+    pre = torch.addmm(b_enc, xe, W_enc.t())
+    a = pre.relu()
+    err = torch.addmm(b_dec, a, W_dec).sub_(x)  # recon - x
+    loss = err.pow(2).sum() / var + l1 * a.sum() if with_loss else None
+    g_recon = err.mul_(2.0 / var)  # [n, d]
+    g_W_dec = a.t() @ g_recon  # [M, d]
+    g_W_dec.addcmul_(torch.linalg.vecdot(g_W_dec, W_dec)[:, None], W_dec, value=-1.0)  # remove the part parallel to each row
+    g_pre = torch.ops.aten.threshold_backward(torch.addmm(l1, g_recon, W_dec.t()), pre, 0)  # [n, M], 0 where pre <= 0
+    g_W_enc = g_pre.t() @ xe  # [M, d]
+    g_b_enc = g_pre.sum(0)
+    g_b_dec = g_recon.sum(0)
+    if apply_b_dec:
+        g_b_dec.sub_(g_b_enc @ W_enc)
+    return [g_W_enc, g_b_enc, g_W_dec, g_b_dec], loss
+
+
 def relu_sae_grads(d: Dictionary, x: torch.Tensor, var: float | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Gradients of the objective above for ``[W_enc, b_enc, W_dec, b_dec]`` (the ``W_dec`` one with
     its parallel component removed), and the loss, at ``x [n, d_in]``. ``d`` must have unit decoder
     rows; ``var``: :func:`total_variance` of ``x``, when the caller already has it."""
-    W_enc, b_enc, W_dec, b_dec = d.W_enc.detach(), d.b_enc.detach(), d.W_dec.detach(), d.b_dec.detach()
-    n = x.shape[0]
     var = total_variance(x) if var is None else var
-    l1 = d.cfg.l1_coeff / (n * (var / n) ** 0.5)
-    xe = x - b_dec if d.cfg.apply_b_dec_to_input else x
-    pre = torch.addmm(b_enc, xe, W_enc.t())
-    a = pre.relu()
-    err = torch.addmm(b_dec, a, W_dec).sub_(x)  # recon - x
-    loss = err.pow(2).sum() / var + l1 * a.sum()
-    g_recon = err.mul_(2.0 / var)  # [n, d]
-    g_W_dec = a.t() @ g_recon  # [M, d]
-    g_W_dec.sub_((g_W_dec * W_dec).sum(1, keepdim=True) * W_dec)
-    g_pre = (g_recon @ W_dec.t()).add_(l1).masked_fill_(pre <= 0, 0.0)  # [n, M]
-    g_W_enc = g_pre.t() @ xe  # [M, d]
-    g_b_enc = g_pre.sum(0)
-    g_b_dec = g_recon.sum(0)
-    if d.cfg.apply_b_dec_to_input:
-        g_b_dec.sub_(g_b_enc @ W_enc)
-    return [g_W_enc, g_b_enc, g_W_dec, g_b_dec], loss
+    n = x.shape[0]
+    with torch.no_grad():
+        return _grads(d.W_enc.detach(), d.b_enc.detach(), d.W_dec.detach(), d.b_dec.detach(), x, var,
+                      torch.tensor(d.cfg.l1_coeff / (n * (var / n) ** 0.5), dtype=x.dtype), d.cfg.apply_b_dec_to_input, with_loss=True)
 
 
 @torch.no_grad()
@@ -72,21 +82,25 @@ def fit_full_batch(cfg: DictionaryConfig, x: torch.Tensor, steps: int, lr: float
     d.init_from_data(x)
     d.normalize_decoder_()
     params = [d.W_enc.data, d.b_enc.data, d.W_dec.data, d.b_dec.data]
+    W_dec = params[2]
     m1 = [torch.zeros_like(p) for p in params]
     m2 = [torch.zeros_like(p) for p in params]
-    b1, b2 = betas
+    step = [torch.zeros(()) for _ in params]  # Adam's step count, one per tensor (the fused kernel's layout)
     var = total_variance(x)  # x is the same every step
-    loss = torch.zeros(())
-    for t in range(1, steps + 1):
-        grads, loss = relu_sae_grads(d, x, var)
-        torch._foreach_lerp_(m1, grads, 1 - b1)
-        torch._foreach_mul_(m2, b2)
-        torch._foreach_addcmul_(m2, grads, grads, 1 - b2)
-        denom = torch._foreach_sqrt(m2)
-        torch._foreach_div_(denom, (1 - b2 ** t) ** 0.5)
-        torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(params, m1, denom, -lr / (1 - b1 ** t))
-        d.normalize_decoder_()
+    n = x.shape[0]
+    l1 = torch.tensor(cfg.l1_coeff / (n * (var / n) ** 0.5), dtype=x.dtype)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # [~100, ~100] x [~100, ~300] products: a second thread costs more than it gives
+    try:
+        for _ in range(steps):
+            grads, _loss = _grads(*params, x, var, l1, cfg.apply_b_dec_to_input, with_loss=False)
+            torch._foreach_add_(step, 1)
+            torch._fused_adam_(params, grads, m1, m2, [], step, amsgrad=False, lr=lr, beta1=betas[0], beta2=betas[1],
+                               weight_decay=0.0, eps=eps, maximize=False, grad_scale=None, found_inf=None)
+            W_dec.div_(torch.linalg.vector_norm(W_dec, dim=1, keepdim=True).clamp_min_(1e-12))
+        loss = _grads(*params, x, var, l1, cfg.apply_b_dec_to_input, with_loss=True)[1]
+    finally:
+        torch.set_num_threads(threads)
     if not torch.isfinite(loss):
         raise NonFiniteError(f"full-batch SAE fit diverged: final loss {loss.item()} after {steps} steps at lr {lr}")
     return d.eval()
