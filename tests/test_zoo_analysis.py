@@ -64,6 +64,22 @@ def test_exhaustive_search_reproduces_card_circuit(organism):
             assert not (f >= 0.9 and res["table"][(2 ** K - 1) ^ i] <= 0.2)
 
 
+def test_last_layer_search_equals_full_forwards(organism):
+    """The attention-only fast path of exhaustive_search (one forward per mask of the earlier
+    layers, the last layer's heads combined at the answer position) gives every mask's metric as
+    evaluate_masks' full forward does."""
+    from mechscope.zoo.analysis import _search_metrics_last_layer
+
+    model, task, means = organism
+    K = len(component_names(model))
+    idx = torch.arange(2**K)
+    keep = ((idx[:, None] >> torch.arange(K)[None]) & 1).bool()
+    full = evaluate_masks(model, task, keep, means)
+    fast = _search_metrics_last_layer(model, task, means, None, max_rows=96)  # several chunks of early masks
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-4)
+    assert float(full.max() - full.min()) > 1.0  # the masks really differ
+
+
 def test_patching_effects_consistent(organism):
     model, task, _ = organism
     p = patching_effects(model, task, nodes=load_card(ORGANISM)["circuit"]["nodes"])

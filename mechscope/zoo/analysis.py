@@ -16,6 +16,9 @@ Definitions (all on one :class:`~mechscope.tasks.Task`, metric ``m`` = the task'
   ``f(complement) <= 0.2``. The circuit is the smallest subset that is both (ties broken by higher
   ``f(C)``, then lower ``f(complement)``); the smallest merely-sufficient subsets are recorded too.
   Because every subset is measured, the minimum is exact for these prompts — not a heuristic.
+  In an attention-only model the last layer's heads are combined at the answer position instead
+  of re-running the model for each of their masks (exact: 2^(K-H) forwards instead of 2^K; 2 layers
+  x 8 heads: 168 s instead of ~150 min on 2 cores).
 * **Path patching, direct** (component -> logits): the component's output is swapped from the
   corrupted run into the clean run *only* along its direct path to the logits: the clean final
   residual at the answer position gets ``out_corrupt - out_clean`` added, the final LayerNorm
@@ -142,6 +145,54 @@ def evaluate_masks(model: Model, task: Task, keep: torch.Tensor, means: dict[str
     return res if isinstance(metric, list) else res[:, 0]
 
 
+@torch.no_grad()
+def _search_metrics_last_layer(model: Model, task: Task, means: dict[str, torch.Tensor], metric: str | None,
+                               progress: Callable[[int, int], None] | None = None, max_rows: int = 8192) -> torch.Tensor:
+    """The metric of all ``2^K`` masks ``[2^K]`` (indexed as in :func:`exhaustive_search`) for an
+    attention-only model, exactly, in ``2^(K - H)`` forward passes instead of ``2^K``.
+
+    The last layer's heads read only earlier components and write only to the final residual, so
+    for each mask of the earlier components one forward records the last layer's input residual and
+    its per-head ``z`` at the answer position; every mask of the last layer's ``H`` heads is then
+    ``resid_pre + b_O + sum_h (z_h or mean z_h) @ W_O[h]`` followed by ``ln_final`` and the
+    unembedding at that one position — what :func:`evaluate_masks` computes with a full forward.
+    """
+    module = model.module
+    L, H = module.cfg.n_layers - 1, module.cfg.n_heads
+    components = component_names(model)
+    K, E = len(components), len(components) - H  # the last H components are layer L's heads
+    n = len(task)
+    rows = torch.arange(n)
+    pos = task.answer_pos
+    z_name, r_name = f"blocks.{L}.attn.hook_z", f"blocks.{L}.hook_resid_pre"
+    W_O, b_O = module.blocks[L].attn.W_O, module.blocks[L].attn.b_O  # [H, d_head, d], [d]
+    mean_out = torch.einsum("nhe,hed->nhd", means[z_name][pos], W_O)  # [n, H, d] ablated heads' writes
+    last = ((torch.arange(2**H)[:, None] >> torch.arange(H)[None]) & 1).to(mean_out.dtype)  # [2^H, H]
+    early = ((torch.arange(2**E)[:, None] >> torch.arange(E)[None]) & 1).bool()  # [2^E, E]
+    out = torch.empty(2**H, 2**E)
+    per = max(1, max_rows // n)
+    for s in range(0, 2**E, per):
+        chunk = early[s : s + per]
+        c = chunk.shape[0]
+        keep = torch.cat([chunk, torch.ones(c, H, dtype=torch.bool)], 1).repeat_interleave(n, 0)
+        grab: dict[str, torch.Tensor] = {}
+        hooks = [h for h in _ablation_hooks(model, keep, components, means) if h[0] != z_name]
+        hooks += [(name, lambda x, hook: grab.__setitem__(hook.name, x)) for name in (z_name, r_name)]
+        run_with_hooks(model, task.clean.repeat(c, 1), hooks, stop_at_layer=module.cfg.n_layers)
+        at = (torch.arange(c * n), pos.repeat(c))
+        kept_out = torch.einsum("nhe,hed->nhd", grab[z_name][at], W_O).view(c, n, H, -1)
+        base = grab[r_name][at].view(c, n, -1) + b_O + mean_out.sum(1)  # every last-layer head ablated
+        delta = kept_out - mean_out  # [c, n, H, d]
+        for j in range(c):
+            resid = base[j] + torch.einsum("lh,nhd->lnd", last, delta[j])  # [2^H, n, d]
+            x = module.ln_final(resid) if module.cfg.normalization_type is not None else resid
+            logits = x @ module.W_U + module.b_U
+            out[:, s + j] = torch.stack([task.metric(lg, metric) for lg in logits])
+        if progress:
+            progress(min((s + c) * 2**H, 2**K), 2**K)
+    return out.flatten()  # index = last mask * 2^E + early mask = bit k for component k
+
+
 def nodes_to_mask(model: Model, nodes: list[str]) -> torch.Tensor:
     components = component_names(model)
     unknown = [x for x in nodes if x not in components]
@@ -190,12 +241,16 @@ def exhaustive_search(model: Model, task: Task, means: dict[str, torch.Tensor], 
         raise ConfigError(f"exhaustive search over {K} components (2^{K} subsets) is too large; at most {MAX_COMPONENTS}")
     idx = torch.arange(2**K)
     keep = ((idx[:, None] >> torch.arange(K)[None]) & 1).bool()
-    chunks, step = [], 256
-    for s in range(0, 2**K, step):
-        chunks.append(evaluate_masks(model, task, keep[s : s + step], means, metric))
-        if progress:
-            progress(min(s + step, 2**K), 2**K)
-    m = torch.cat(chunks)
+    if model.module.cfg.attn_only:
+        _check_means(task, means)
+        m = _search_metrics_last_layer(model, task, means, metric, progress)
+    else:
+        chunks, step = [], 256
+        for s in range(0, 2**K, step):
+            chunks.append(evaluate_masks(model, task, keep[s : s + step], means, metric))
+            if progress:
+                progress(min(s + step, 2**K), 2**K)
+        m = torch.cat(chunks)
     full, empty = float(m[-1]), float(m[0])
     if full - empty <= 0:
         raise ConfigError(f"the full model's metric ({full:.4f}) does not beat the all-ablated baseline ({empty:.4f}); no circuit to find")
