@@ -71,10 +71,9 @@ def test_last_layer_search_equals_full_forwards(organism):
     from mechscope.zoo.analysis import _search_metrics_last_layer
 
     model, task, means = organism
-    K = len(component_names(model))
-    idx = torch.arange(2**K)
-    keep = ((idx[:, None] >> torch.arange(K)[None]) & 1).bool()
-    full = evaluate_masks(model, task, keep, means)
+    from mechscope.zoo.analysis import all_masks
+
+    full = evaluate_masks(model, task, all_masks(len(component_names(model))), means)
     fast = _search_metrics_last_layer(model, task, means, None, max_rows=96)  # several chunks of early masks
     torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-4)
     assert float(full.max() - full.min()) > 1.0  # the masks really differ

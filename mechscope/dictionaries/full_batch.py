@@ -57,15 +57,20 @@ def _grads(W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor, b_dec:
     return [g_W_enc, g_b_enc, g_W_dec, g_b_dec], loss
 
 
+def _l1_weight(l1_coeff: float, x: torch.Tensor, var: float) -> torch.Tensor:
+    """The L1 coefficient divided by ``n * rms`` (see the objective), as a 0-d tensor of ``x``'s dtype."""
+    n = x.shape[0]
+    return torch.tensor(l1_coeff / (n * (var / n) ** 0.5), dtype=x.dtype)
+
+
 def relu_sae_grads(d: Dictionary, x: torch.Tensor, var: float | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Gradients of the objective above for ``[W_enc, b_enc, W_dec, b_dec]`` (the ``W_dec`` one with
     its parallel component removed), and the loss, at ``x [n, d_in]``. ``d`` must have unit decoder
     rows; ``var``: :func:`total_variance` of ``x``, when the caller already has it."""
     var = total_variance(x) if var is None else var
-    n = x.shape[0]
     with torch.no_grad():
         return _grads(d.W_enc.detach(), d.b_enc.detach(), d.W_dec.detach(), d.b_dec.detach(), x, var,
-                      torch.tensor(d.cfg.l1_coeff / (n * (var / n) ** 0.5), dtype=x.dtype), d.cfg.apply_b_dec_to_input, with_loss=True)
+                      _l1_weight(d.cfg.l1_coeff, x, var), d.cfg.apply_b_dec_to_input, with_loss=True)
 
 
 @torch.no_grad()
@@ -89,8 +94,7 @@ def fit_full_batch(cfg: DictionaryConfig, x: torch.Tensor, steps: int, lr: float
     m2 = [torch.zeros_like(p) for p in params]
     step = [torch.zeros(()) for _ in params]  # Adam's step count, one per tensor (the fused kernel's layout)
     var = total_variance(x)  # x is the same every step
-    n = x.shape[0]
-    l1 = torch.tensor(cfg.l1_coeff / (n * (var / n) ** 0.5), dtype=x.dtype)
+    l1 = _l1_weight(cfg.l1_coeff, x, var)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # see the module docstring: little to gain from a second thread, much to lose
     try:

@@ -57,6 +57,11 @@ def component_names(model: Model) -> list[str]:
     return out
 
 
+def all_masks(k: int) -> torch.Tensor:
+    """``[2^k, k]`` bool: row ``i`` keeps component ``j`` when bit ``j`` of ``i`` is set."""
+    return ((torch.arange(2**k)[:, None] >> torch.arange(k)[None]) & 1).bool()
+
+
 def _hook_name(node: str) -> str:
     kind, layer, _ = parse_node(node)
     return f"blocks.{layer}.attn.hook_z" if kind == "head" else f"blocks.{layer}.hook_mlp_out"
@@ -79,9 +84,12 @@ def answer_logits(model: Model, tokens: torch.Tensor, answer_pos: torch.Tensor, 
     """Logits ``[n, vocab]`` at ``answer_pos`` only (the unembedding is applied to one position per row)."""
     module = model.module
     resid = run_with_hooks(model, tokens, hooks or [], stop_at_layer=module.cfg.n_layers)
-    x = resid[torch.arange(resid.shape[0], device=resid.device), answer_pos.to(resid.device)]
-    if module.cfg.normalization_type is not None:
-        x = module.ln_final(x)
+    return _unembed(module, resid[torch.arange(resid.shape[0], device=resid.device), answer_pos.to(resid.device)])
+
+
+def _unembed(module, resid: torch.Tensor) -> torch.Tensor:
+    """``ln_final`` (when the model has one) and the unembedding of final residuals ``[..., d_model]``."""
+    x = module.ln_final(resid) if module.cfg.normalization_type is not None else resid
     return x @ module.W_U + module.b_U
 
 
@@ -162,13 +170,12 @@ def _search_metrics_last_layer(model: Model, task: Task, means: dict[str, torch.
     components = component_names(model)
     K, E = len(components), len(components) - H  # the last H components are layer L's heads
     n = len(task)
-    rows = torch.arange(n)
     pos = task.answer_pos
     z_name, r_name = f"blocks.{L}.attn.hook_z", f"blocks.{L}.hook_resid_pre"
     W_O, b_O = module.blocks[L].attn.W_O, module.blocks[L].attn.b_O  # [H, d_head, d], [d]
     mean_out = torch.einsum("nhe,hed->nhd", means[z_name][pos], W_O)  # [n, H, d] ablated heads' writes
-    last = ((torch.arange(2**H)[:, None] >> torch.arange(H)[None]) & 1).to(mean_out.dtype)  # [2^H, H]
-    early = ((torch.arange(2**E)[:, None] >> torch.arange(E)[None]) & 1).bool()  # [2^E, E]
+    last = all_masks(H).to(mean_out.dtype)  # [2^H, H]
+    early = all_masks(E)  # [2^E, E]
     out = torch.empty(2**H, 2**E)
     per = max(1, max_rows // n)
     for s in range(0, 2**E, per):
@@ -184,9 +191,7 @@ def _search_metrics_last_layer(model: Model, task: Task, means: dict[str, torch.
         base = grab[r_name][at].view(c, n, -1) + b_O + mean_out.sum(1)  # every last-layer head ablated
         delta = kept_out - mean_out  # [c, n, H, d]
         for j in range(c):
-            resid = base[j] + torch.einsum("lh,nhd->lnd", last, delta[j])  # [2^H, n, d]
-            x = module.ln_final(resid) if module.cfg.normalization_type is not None else resid
-            logits = x @ module.W_U + module.b_U
+            logits = _unembed(module, base[j] + torch.einsum("lh,nhd->lnd", last, delta[j]))  # [2^H, n, vocab]
             out[:, s + j] = torch.stack([task.metric(lg, metric) for lg in logits])
         if progress:
             progress(min((s + c) * 2**H, 2**K), 2**K)
@@ -240,7 +245,7 @@ def exhaustive_search(model: Model, task: Task, means: dict[str, torch.Tensor], 
     if K > MAX_COMPONENTS:
         raise ConfigError(f"exhaustive search over {K} components (2^{K} subsets) is too large; at most {MAX_COMPONENTS}")
     idx = torch.arange(2**K)
-    keep = ((idx[:, None] >> torch.arange(K)[None]) & 1).bool()
+    keep = all_masks(K)
     if model.module.cfg.attn_only:
         _check_means(task, means)
         m = _search_metrics_last_layer(model, task, means, metric, progress)
