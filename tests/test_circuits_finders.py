@@ -62,18 +62,23 @@ def test_discrete_codes_run_on_an_organism(setting):
 
 
 def test_discrete_codes_well_above_chance_on_docstring():
-    """The paper's method with its defaults on docstring-2l (64 held-out prompts), over SAE seeds
-    0-4 through ``robustness``: the median node AUC is well above chance (0.5). Measured: see the
-    closing note of issue 5; on ioi-2l and greater-than-2l the same method is near chance."""
+    """The paper's method with its defaults on docstring-2l, over SAE seeds 0-4 (through
+    ``robustness``) and 32 / 64 / 128 held-out prompts: the median of the 15 node AUCs is well above
+    chance (0.5). One seed at one prompt count is noisy (measured 0.69-1.00 at 64 prompts); the
+    pooled median was 0.88 when this organism was shipped. On ioi-2l and greater-than-2l the same
+    method is near chance (see the README's known gaps)."""
     from mechscope.circuits.discrete_codes import robustness
 
-    model, task, truth = load_task_and_truth("zoo:docstring-2l", n=64, seed=0)
-    report = robustness(model, task, truth, grid={"seed": [0, 1, 2, 3, 4]})
-    runs = report["parameters"]["seed"]["runs"]
-    aucs = sorted(r["node_auc"] for r in runs)
-    assert [r["value"] for r in runs] == [0, 1, 2, 3, 4]
-    assert aucs[2] >= 0.8, f"median node AUC over SAE seeds {aucs}"
-    assert report["parameters"]["seed"]["node_auc_spread"] == aucs[-1] - aucs[0]
+    aucs = []
+    for n in (32, 64, 128):
+        model, task, truth = load_task_and_truth("zoo:docstring-2l", n=n, seed=0)
+        report = robustness(model, task, truth, grid={"seed": [0, 1, 2, 3, 4]})
+        runs = report["parameters"]["seed"]["runs"]
+        assert [r["value"] for r in runs] == [0, 1, 2, 3, 4]
+        assert report["parameters"]["seed"]["node_auc_spread"] == pytest.approx(max(r["node_auc"] for r in runs) - min(r["node_auc"] for r in runs))
+        aucs += [r["node_auc"] for r in runs]
+    aucs.sort()
+    assert aucs[7] >= 0.8, f"median node AUC over SAE seeds and prompt counts {aucs}"
 
 
 def test_discrete_codes_deterministic(setting):

@@ -53,16 +53,7 @@ def test_organism_files_and_card(organism):
         assert card[section]["command"].startswith(f"mechscope zoo verify {name}")
 
 
-# docstring-2l spreads the task over 5 of its 8 heads (best 4-head set: faithfulness 0.814): recipes
-# with a stronger or ramped concentration penalty, wider heads, tied embeddings, 8 heads per layer,
-# more steps, other seeds or a third layer were no sparser or failed to learn the task (each
-# measured; see mechscope/zoo/specs.py).
-# Known gap, kept visible: strict, so the day it passes this marker must go.
-SPARSE = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="docstring-2l's circuit is 5 of 8 heads"))
-          if n == "docstring-2l" else n for n in ORGANISMS]
-
-
-@pytest.mark.parametrize("name", SPARSE)
+@pytest.mark.parametrize("name", ORGANISMS)
 def test_circuit_is_sparse(name):
     """At most half of the components (heads and MLPs) are in the verified circuit."""
     card = load_card(name)

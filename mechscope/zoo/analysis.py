@@ -233,6 +233,28 @@ def circuit_faithfulness(model: Model, task: Task, nodes: list[str], means: dict
 
 
 @torch.no_grad()
+def subset_metrics(model: Model, task: Task, means: dict[str, torch.Tensor], metric: str | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The task metric with only each subset of components kept (the rest mean-ablated).
+
+    Returns ``(components, keep [2^K, K] bool, metric [2^K])``, ``keep[i, k] = i >> k & 1``.
+    """
+    components = component_names(model)
+    K = len(components)
+    if K > MAX_COMPONENTS:
+        raise ConfigError(f"exhaustive search over {K} components (2^{K} subsets) is too large; at most {MAX_COMPONENTS}")
+    keep = all_masks(K)
+    if model.module.cfg.attn_only:
+        _check_means(task, means)
+        return components, keep, _search_metrics_last_layer(model, task, means, metric, progress)
+    chunks, step = [], 256
+    for s in range(0, 2**K, step):
+        chunks.append(evaluate_masks(model, task, keep[s : s + step], means, metric))
+        if progress:
+            progress(min(s + step, 2**K), 2**K)
+    return components, keep, torch.cat(chunks)
+
+
 def exhaustive_search(model: Model, task: Task, means: dict[str, torch.Tensor], metric: str | None = None, threshold: float = 0.9,
                       necessity: float = 0.2, progress: Callable[[int, int], None] | None = None) -> dict:
     """Measure every subset of components (see the module docstring) and return the circuit,
@@ -240,22 +262,9 @@ def exhaustive_search(model: Model, task: Task, means: dict[str, torch.Tensor], 
 
     ``table[i]`` is f of the subset whose bit k (``i >> k & 1``) says component k is kept.
     """
-    components = component_names(model)
+    components, keep, m = subset_metrics(model, task, means, metric, progress)
     K = len(components)
-    if K > MAX_COMPONENTS:
-        raise ConfigError(f"exhaustive search over {K} components (2^{K} subsets) is too large; at most {MAX_COMPONENTS}")
     idx = torch.arange(2**K)
-    keep = all_masks(K)
-    if model.module.cfg.attn_only:
-        _check_means(task, means)
-        m = _search_metrics_last_layer(model, task, means, metric, progress)
-    else:
-        chunks, step = [], 256
-        for s in range(0, 2**K, step):
-            chunks.append(evaluate_masks(model, task, keep[s : s + step], means, metric))
-            if progress:
-                progress(min(s + step, 2**K), 2**K)
-        m = torch.cat(chunks)
     full, empty = float(m[-1]), float(m[0])
     if full - empty <= 0:
         raise ConfigError(f"the full model's metric ({full:.4f}) does not beat the all-ablated baseline ({empty:.4f}); no circuit to find")

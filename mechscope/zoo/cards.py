@@ -162,6 +162,16 @@ def build_card(model, spec, training: dict, directory: Path, progress: Callable[
     }
 
 
+def _distillation_lines(d: dict | None) -> list[str]:
+    if not d:
+        return []
+    last = d["log"][-1]
+    return [f"Then circuit distillation (`mechscope.zoo.distill`), {d['steps']} steps at lr {d['lr']}: the task fine-tuned into "
+            f"{', '.join(d['chosen']['nodes'])}, the best choice by {d['selection']} (faithfulness {d['chosen']['faithfulness']} "
+            f"before); final task loss {last['task_loss']} (full model), {last['task_loss_only_chosen']} (only the chosen set kept). "
+            "The circuit below is measured afterwards on held-out prompts, like every organism's.", ""]
+
+
 def render_markdown(card: dict) -> str:
     a, t, c, mt = card["architecture"], card["training"], card["circuit"], card["metrics"]
     ho = mt["heldout"]
@@ -175,6 +185,7 @@ def render_markdown(card: dict) -> str:
         "## Training", "",
         f"`{t['command']}` — seed {t['seed']}, {t['steps']} steps, {t['train_seconds']} s on CPU ({t['threads']} threads, torch {t['torch']}); "
         f"final task loss {t['final_task_loss']}, code-corpus loss {t['final_corpus_loss']}. Data: {t['data']}.", "",
+        *_distillation_lines(t.get("distillation")),
         "## Task", "",
         f"`{card['task']['name']}` variant `{card['task']['variant']}` {card['task']['kwargs'] or ''} — {card['task']['citation']}", "",
         f"Held-out evaluation: {card['task']['evaluation']}", "",

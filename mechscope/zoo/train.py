@@ -3,8 +3,11 @@
 Each step adds two next-token losses: one on ``corpus_batch`` contexts of the code corpus (every
 position) and one on ``task_batch`` task rows (the answer position of train-split prompts; for
 induction, the second copy of a repeated random sequence). With ``spec.concentrate > 0`` a
-group-lasso penalty on the task rows pushes the task into few components (see ``_sparse_loss``). Everything random is seeded from ``spec.seed``: the initial weights, the order
-of corpus contexts, the task prompts. Same seed, same torch, same machine -> same weights.
+group-lasso penalty on the task rows pushes the task into few components (see ``_sparse_loss``);
+with ``spec.distill_size > 0`` a last stage fine-tunes the task into the best subset of that many
+components (``mechscope.zoo.distill``). Everything random is seeded from ``spec.seed``: the
+initial weights, the order of corpus contexts, the task prompts. Same seed, same torch, same
+machine -> same weights.
 """
 
 from __future__ import annotations
@@ -102,6 +105,13 @@ def _sparse_loss(module, x: torch.Tensor, y: torch.Tensor, concentrate: float = 
     return F.cross_entropy(logits, y[where]), concentrate * penalty
 
 
+def _sync_tied_unembed(module, spec: OrganismSpec) -> None:
+    """Tied training reads ``W_E^T``; the saved model is an ordinary untied one with ``W_U`` its copy."""
+    if spec.tie_embeddings:
+        with torch.no_grad():
+            module.unembed.W_U.copy_(module.embed.W_E.T)
+
+
 def _lm_loss(module, tokens: torch.Tensor, tied: bool = False) -> torch.Tensor:
     """Mean next-token cross-entropy over every position."""
     logits = _unembed(module, module.ln_final(module(tokens, stop_at_layer=module.cfg.n_layers)), tied)
@@ -143,6 +153,24 @@ def _train(spec: OrganismSpec, out, seed, steps, progress) -> tuple[object, dict
     module.train()
     opt = torch.optim.AdamW(module.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(spec.seed)
+    drawn = 0
+
+    def task_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal rows, targets, drawn
+        drawn += 1
+        if fresh:  # induction: new random rows every step (the first step uses the rows drawn above)
+            if drawn > 1:
+                rows, targets = _task_rows(spec, tokenizer, rng=row_rng)
+            return rows, targets
+        pick = torch.randint(0, len(rows), (spec.task_batch,), generator=gen)
+        return rows[pick], targets[pick]
+
+    def corpus_batch() -> torch.Tensor | None:
+        if not spec.corpus_batch:
+            return None
+        ctx = torch.randint(0, len(stream), (spec.corpus_batch,), generator=gen)
+        return torch.stack([torch.from_numpy(stream[int(i)]) for i in ctx])
+
     lr_at = lambda s: spec.lr * min(1.0, (s + 1) / spec.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / spec.steps)))  # noqa: E731
     t0, log = time.perf_counter(), []
     bar = None
@@ -153,19 +181,12 @@ def _train(spec: OrganismSpec, out, seed, steps, progress) -> tuple[object, dict
     for step in range(spec.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        if fresh:
-            if step:
-                rows, targets = _task_rows(spec, tokenizer, rng=row_rng)
-            batch_x, batch_y = rows, targets
-        else:
-            pick = torch.randint(0, len(rows), (spec.task_batch,), generator=gen)
-            batch_x, batch_y = rows[pick], targets[pick]
+        batch_x, batch_y = task_batch()
         task_loss, penalty = _sparse_loss(module, batch_x, batch_y, spec.concentrate, spec.tie_embeddings)
         loss = task_loss + penalty
         corpus_loss = torch.tensor(0.0)
-        if spec.corpus_batch:
-            ctx = torch.randint(0, len(stream), (spec.corpus_batch,), generator=gen)
-            toks = torch.stack([torch.from_numpy(stream[int(i)]) for i in ctx])
+        toks = corpus_batch()
+        if toks is not None:
             corpus_loss = _lm_loss(module, toks, spec.tie_embeddings)
             loss = loss + corpus_loss
         opt.zero_grad(set_to_none=True)
@@ -182,12 +203,16 @@ def _train(spec: OrganismSpec, out, seed, steps, progress) -> tuple[object, dict
     if bar is not None:
         bar.close()
     module.eval()
-    if spec.tie_embeddings:  # the saved model is an ordinary untied TransformerLens model
-        with torch.no_grad():
-            module.unembed.W_U.copy_(module.embed.W_E.T)
-    seconds = time.perf_counter() - t0
+    _sync_tied_unembed(module, spec)
     model = Model(module=module, name=spec.name, kind="transformer_lens", tokenizer=tokenizer)
     module.tokenizer = tokenizer
+    distillation = None
+    if spec.distill_size:
+        from mechscope.zoo.distill import distill_circuit
+
+        distillation = distill_circuit(model, spec, task_batch, corpus_batch, progress)
+        _sync_tied_unembed(module, spec)
+    seconds = time.perf_counter() - t0
     facts = {
         "seed": spec.seed, "steps": spec.steps, "train_seconds": round(seconds, 1), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "final_task_loss": log[-1]["task_loss"], "final_corpus_loss": log[-1]["corpus_loss"],
@@ -197,6 +222,8 @@ def _train(spec: OrganismSpec, out, seed, steps, progress) -> tuple[object, dict
         "command": f"mechscope zoo train {spec.name}" + (f" --seed {spec.seed}" if seed is not None else ""),
         "loss_log": log,
     }
+    if distillation is not None:
+        facts["distillation"] = distillation
     if out is not None:
         save_model(model, out, extra={"organism": {"spec": spec.to_dict(), "training": facts}})
     return model, facts

@@ -1,0 +1,140 @@
+"""Circuit distillation: the optional last training stage of an organism whose task the main
+stage spread over more than half of its components.
+
+1. **Choose** the subset ``S`` of at most ``spec.distill_size`` components that keeps the most
+   of the task metric with everything else mean-ablated: every subset is measured
+   (:func:`mechscope.zoo.analysis.subset_metrics`) on *train-split* prompts, so the held-out
+   prompts of the card never see the choice.
+2. **Fine-tune** for ``spec.distill_steps`` steps on three losses: the task with the full model,
+   the task with every component outside ``S`` mean-ablated (batch mean per position, no
+   gradient through it), and the code corpus. The task then runs through ``S`` while the full
+   model keeps solving it and keeps modelling code.
+
+This is how benchmark models with known circuits are made (InterpBench, Gupta et al. 2024,
+arXiv:2407.14494, train a chosen circuit in with interchange interventions); here the set is not
+chosen by hand but is what the main stage already used most. The card's exhaustive search then
+*measures* the circuit on held-out prompts like any other organism's: nothing forces it to be ``S``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from mechscope.zoo.specs import OrganismSpec
+
+SELECT_SEED = 2000  # train-split prompts for the choice (the cards use held-out seeds 1000, 1001)
+N_SELECT, N_SELECT_REFERENCE = 128, 256
+
+
+def choose_subset(model, spec: OrganismSpec) -> dict:
+    """The best subset of at most ``spec.distill_size`` components on train-split prompts.
+
+    Returns ``{"nodes": [...], "faithfulness": f}``; f as in :mod:`mechscope.zoo.analysis`.
+    """
+    from mechscope.zoo.analysis import mean_activations, subset_metrics
+    from mechscope.zoo.cards import task_for
+
+    prompts = task_for(spec, model.tokenizer, N_SELECT, SELECT_SEED, "train")
+    reference = task_for(spec, model.tokenizer, N_SELECT_REFERENCE, SELECT_SEED + 1, "train")
+    with torch.no_grad():
+        components, keep, m = subset_metrics(model, prompts, mean_activations(model, reference.clean))
+    f = (m - m[0]) / (m[-1] - m[0])
+    f = torch.where(keep.sum(1) <= spec.distill_size, f, torch.tensor(-math.inf))
+    best = int(f.argmax())
+    return {"nodes": [c for c, k in zip(components, keep[best].tolist()) if k], "faithfulness": round(float(f[best]), 4)}
+
+
+def mean_ablation_hooks(model, kept: list[str]) -> tuple[list, list]:
+    """``(record, ablate)`` forward hooks that mean-ablate every head / MLP outside ``kept``.
+
+    A forward with ``record`` stores each ablated hook point's batch mean per position (detached);
+    a forward with ``ablate`` then replaces the components outside ``kept`` by those means — the
+    analysis' mean-ablation with the batch as its reference set.
+    """
+    from mechscope.tasks import parse_node
+    from mechscope.zoo.analysis import component_names
+
+    dropped: dict[str, torch.Tensor | None] = {}  # hook name -> heads dropped (None: an MLP)
+    for c in component_names(model):
+        if c in kept:
+            continue
+        _, layer, head = parse_node(c)
+        if head is None:
+            dropped[f"blocks.{layer}.hook_mlp_out"] = None  # [batch, pos, d_model]
+        else:
+            name = f"blocks.{layer}.attn.hook_z"  # [batch, pos, head, d_head]
+            mask = dropped.setdefault(name, torch.zeros(model.module.cfg.n_heads, dtype=torch.bool))
+            mask[head] = True
+    means: dict[str, torch.Tensor] = {}
+
+    def record(x, hook):
+        means[hook.name] = x.detach().mean(0, keepdim=True)
+
+    def ablate(x, hook):
+        heads = dropped[hook.name]
+        if heads is None:
+            return means[hook.name].expand_as(x)
+        return torch.where(heads[None, None, :, None], means[hook.name], x)
+
+    return [(n, record) for n in dropped], [(n, ablate) for n in dropped]
+
+
+def distill_circuit(model, spec: OrganismSpec, task_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                    corpus_batch: Callable[[], torch.Tensor | None], progress: bool = True) -> dict:
+    """Choose ``S`` and fine-tune ``model`` (in place) so the task runs through it; returns the facts.
+
+    ``task_batch()`` gives ``([B, T] inputs, [B, T] targets with -100 where no loss)``;
+    ``corpus_batch()`` ``[B, T]`` code contexts or None.
+    """
+    import torch.nn.functional as F
+
+    from mechscope.zoo.train import _lm_loss, _unembed
+
+    module, tied = model.module, spec.tie_embeddings
+    module.eval()
+    chosen = choose_subset(model, spec)
+    record, ablate = mean_ablation_hooks(model, chosen["nodes"])
+    module.train()
+    opt = torch.optim.AdamW(module.parameters(), lr=spec.distill_lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=spec.distill_steps, desc=f"distill {spec.name} into {' '.join(chosen['nodes'])}", unit="step")
+    log = []
+    for step in range(spec.distill_steps):
+        for g in opt.param_groups:  # short warmup, cosine to 0
+            g["lr"] = spec.distill_lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / spec.distill_steps))
+        x, y = task_batch()
+        where = y != -100
+
+        def answer_logits() -> torch.Tensor:  # [rows with a target, d_vocab]
+            return _unembed(module, module.ln_final(module(x, stop_at_layer=module.cfg.n_layers)[where]), tied)
+
+        with module.hooks(fwd_hooks=record):
+            logits_full = answer_logits()
+        with module.hooks(fwd_hooks=ablate):
+            logits_s = answer_logits()
+        full, only_s = F.cross_entropy(logits_full, y[where]), F.cross_entropy(logits_s, y[where])
+        loss = full + only_s
+        tokens = corpus_batch()
+        corpus = _lm_loss(module, tokens, tied) if tokens is not None else torch.tensor(0.0)
+        loss = loss + corpus
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0 or step == spec.distill_steps - 1:
+            log.append({"step": step, "task_loss": round(full.item(), 4), "task_loss_only_chosen": round(only_s.item(), 4),
+                        "corpus_loss": round(corpus.item(), 4)})
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    module.eval()
+    return {"chosen": chosen, "selection": f"every subset of <= {spec.distill_size} components on {N_SELECT} train-split prompts "
+                                          f"(seed {SELECT_SEED}), means over {N_SELECT_REFERENCE} others (seed {SELECT_SEED + 1})",
+            "steps": spec.distill_steps, "lr": spec.distill_lr, "log": log}
