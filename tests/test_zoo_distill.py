@@ -88,3 +88,29 @@ def test_distillation_moves_the_task_into_the_chosen_set(model):
     after, full = accuracy(chosen)
     assert after >= before + 0.25, (chosen, before, after)
     assert full >= 0.9
+
+
+def test_distillation_is_seeded_and_refuses_an_unlearned_task():
+    """Two runs of the stage from the same weights and batches give the same weights; a recipe
+    whose main stage has not learned the task stops with a clear error instead of distilling noise."""
+    from mechscope.errors import ConfigError
+    from mechscope.zoo.train import train_organism
+
+    spec = dataclasses.replace(SPECS[ORGANISM], distill_size=3, distill_steps=3)
+    pool = task_for(spec, load_model(f"zoo:{ORGANISM}").tokenizer, 256, spec.seed, "train")
+    targets = torch.full_like(pool.clean, -100)
+    targets[torch.arange(len(pool)), pool.answer_pos] = pool.answer_ids
+    runs = []
+    for _ in range(2):
+        model = load_model(f"zoo:{ORGANISM}", device="cpu")
+        gen = torch.Generator().manual_seed(0)
+        batch = lambda: (lambda pick: (pool.clean[pick], targets[pick]))(torch.randint(0, len(pool), (8,), generator=gen))  # noqa: E731
+        facts = distill_circuit(model, spec, batch, lambda: None, progress=False)
+        runs.append(model.module.state_dict())
+    assert facts["log"][-1]["step"] == 2
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k
+    assert not torch.equal(runs[0]["blocks.0.attn.W_O"], load_model(f"zoo:{ORGANISM}").module.W_O[0])
+
+    with pytest.raises(ConfigError, match="not learned"):
+        train_organism(dataclasses.replace(SPECS["docstring-2l"], steps=2), progress=False)

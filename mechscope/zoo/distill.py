@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from mechscope.errors import ConfigError
 from mechscope.zoo.specs import OrganismSpec
 
 SELECT_SEED = 2000  # train-split prompts for the choice (the cards use held-out seeds 1000, 1001)
@@ -41,6 +42,9 @@ def choose_subset(model, spec: OrganismSpec) -> dict:
     reference = task_for(spec, model.tokenizer, N_SELECT_REFERENCE, SELECT_SEED + 1, "train")
     with torch.no_grad():
         components, keep, m = subset_metrics(model, prompts, mean_activations(model, reference.clean))
+    if not float(m[-1]) > float(m[0]):
+        raise ConfigError(f"{spec.name}: the full model's task metric ({float(m[-1]):.4f}) does not beat the all-ablated one "
+                          f"({float(m[0]):.4f}) after the main stage; the task was not learned, so there is no circuit to distill")
     f = (m - m[0]) / (m[-1] - m[0])
     f = torch.where(keep.sum(1) <= spec.distill_size, f, torch.tensor(-math.inf))
     best = int(f.argmax())
@@ -91,7 +95,7 @@ def distill_circuit(model, spec: OrganismSpec, task_batch: Callable[[], tuple[to
     """
     import torch.nn.functional as F
 
-    from mechscope.zoo.train import _lm_loss, _unembed
+    from mechscope.zoo.train import _corpus_loss, _optimizer_step, _unembed
 
     module, tied = model.module, spec.tie_embeddings
     module.eval()
@@ -119,14 +123,8 @@ def distill_circuit(model, spec: OrganismSpec, task_batch: Callable[[], tuple[to
         with module.hooks(fwd_hooks=ablate):
             logits_s = answer_logits()
         full, only_s = F.cross_entropy(logits_full, y[where]), F.cross_entropy(logits_s, y[where])
-        loss = full + only_s
-        tokens = corpus_batch()
-        corpus = _lm_loss(module, tokens, tied) if tokens is not None else torch.tensor(0.0)
-        loss = loss + corpus
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        opt.step()
+        corpus = _corpus_loss(module, corpus_batch(), tied)
+        _optimizer_step(opt, module, full + only_s + corpus)
         if step % 100 == 0 or step == spec.distill_steps - 1:
             log.append({"step": step, "task_loss": round(full.item(), 4), "task_loss_only_chosen": round(only_s.item(), 4),
                         "corpus_loss": round(corpus.item(), 4)})

@@ -105,6 +105,19 @@ def _sparse_loss(module, x: torch.Tensor, y: torch.Tensor, concentrate: float = 
     return F.cross_entropy(logits, y[where]), concentrate * penalty
 
 
+def _corpus_loss(module, tokens: torch.Tensor | None, tied: bool = False) -> torch.Tensor:
+    """``_lm_loss`` on ``[B, T]`` corpus tokens; 0 when there are none."""
+    return _lm_loss(module, tokens, tied) if tokens is not None else torch.tensor(0.0)
+
+
+def _optimizer_step(opt, module, loss: torch.Tensor) -> None:
+    """One clipped (norm 1) optimizer step on ``loss``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    opt.step()
+
+
 def _sync_tied_unembed(module, spec: OrganismSpec) -> None:
     """Tied training reads ``W_E^T``; the saved model is an ordinary untied one with ``W_U`` its copy."""
     if spec.tie_embeddings:
@@ -183,16 +196,8 @@ def _train(spec: OrganismSpec, out, seed, steps, progress) -> tuple[object, dict
             g["lr"] = lr_at(step)
         batch_x, batch_y = task_batch()
         task_loss, penalty = _sparse_loss(module, batch_x, batch_y, spec.concentrate, spec.tie_embeddings)
-        loss = task_loss + penalty
-        corpus_loss = torch.tensor(0.0)
-        toks = corpus_batch()
-        if toks is not None:
-            corpus_loss = _lm_loss(module, toks, spec.tie_embeddings)
-            loss = loss + corpus_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        opt.step()
+        corpus_loss = _corpus_loss(module, corpus_batch(), spec.tie_embeddings)
+        _optimizer_step(opt, module, task_loss + penalty + corpus_loss)
         if step % 50 == 0 or step == spec.steps - 1:
             log.append({"step": step, "task_loss": round(task_loss.item(), 4), "corpus_loss": round(corpus_loss.item(), 4),
                         "penalty": round(penalty.item(), 4)})
