@@ -13,7 +13,9 @@ its AUC is at least ACDC's (node AUC, and edge AUC where the ground truth has ed
 
 Per task (``tasks[]``): ``methods`` — one row per mechscope method (``mechscope.circuits.METHODS``,
 run through ``find_circuit`` with default parameters, as ``mechscope circuits compare`` does):
-``seconds`` (the method's own timing, ``Circuit.runtime_s``), ``node_auc``, ``edge_auc``, precision
+``seconds`` (the method's own timing, ``Circuit.runtime_s``), ``node_auc``, ``edge_auc``,
+``component_edge_auc`` (the same edges with each head's q / k / v inputs merged — the granularity
+of the discrete-code method, which scores one edge per pair of components), precision
 / recall of the top-|GT| nodes and edges; ``peers`` — auto-circuit 1.0.1's ``acdc`` and ``eap``
 (:mod:`mechscope.circuits.peers`: same token tensors ``task.clean`` / ``task.corrupted``, one batch
 of all prompts, EAP on ``logit_diff`` (``--peer-metric``; exactly mechscope's logit_diff — mechscope's
@@ -78,6 +80,7 @@ def score_row(circuit, truth, graph, library: str, method: str) -> dict:
     n, e = s["nodes"], s["edges"]
     return {"library": library, "method": method, "status": "ok", "seconds": round(circuit.runtime_s, 4),
             "node_auc": n["auc"], "edge_auc": e["auc"] if e else None,
+            "component_edge_auc": e["by_component"]["auc"] if e else None,
             "node_precision_at_gt": n["at_gt_size"]["precision"], "node_recall_at_gt": n["at_gt_size"]["recall"],
             "edge_precision_at_gt": e["at_gt_size"]["precision"] if e else None,
             "edge_recall_at_gt": e["at_gt_size"]["recall"] if e else None}
@@ -159,6 +162,8 @@ def summarize(rows: list[dict], peers: list[dict]) -> dict:
             "speedup_vs_acdc": round(speedup, 2) if speedup is not None else None,
             "discrete_codes_node_auc": dc["node_auc"], "acdc_node_auc": acdc["node_auc"],
             "discrete_codes_edge_auc": dc["edge_auc"], "acdc_edge_auc": acdc["edge_auc"],
+            # q / k / v inputs merged (the discrete-code method scores one edge per pair of components)
+            "discrete_codes_component_edge_auc": dc["component_edge_auc"], "acdc_component_edge_auc": acdc["component_edge_auc"],
             "goal": checks, "goal_met": all(v is not False for v in checks.values()),
             "auto_circuit_acdc_seconds": ac_acdc and ac_acdc["seconds"],
             "speedup_vs_auto_circuit_acdc": round(ac_acdc["seconds"] / dc["seconds"], 2) if ac_acdc and dc["seconds"] > 0 else None}

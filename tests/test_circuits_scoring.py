@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from mechscope.circuits import Circuit, Graph, prf_at_k, prf_at_threshold, roc_auc, score_circuit
+from mechscope.circuits import Circuit, Graph, edge_key, prf_at_k, prf_at_threshold, roc_auc, score_circuit
 from mechscope.circuits.errors import CircuitError, GroundTruthMismatchError, UnknownMethodError
 from mechscope.errors import FormatError
 from mechscope.tasks import GroundTruth
@@ -127,3 +127,22 @@ def test_unknown_method_names_the_valid_ones(tl_model):
     with pytest.raises(UnknownMethodError, match="did you mean eap") as e:
         find_circuit(tl_model, None, "eapp")
     assert "discrete_codes" in str(e.value) and "acdc" in str(e.value)
+
+
+def test_edges_by_component_merge_qkv():
+    """A channel-blind method (one score for a head's q, k and v inputs) is penalised at q/k/v
+    granularity and exact once the channels are merged."""
+    from mechscope.circuits.scoring import component_edge
+
+    g = Graph(2, 2, False)
+    blind = {edge_key("0.0", f"1.0.{ch}"): 1.0 for ch in "qkv"}
+    c = Circuit(model="toy", task="toy", method="blind", node_scores={n: 0.0 for n in g.nodes},
+                edge_scores={**{k: 0.0 for k in g.edge_keys}, **blind})
+    truth = GroundTruth(model="toy", task="toy", nodes=["0.0", "1.0"], edges=[["0.0", "1.0.v"]])
+    e = score_circuit(c, truth, g)["edges"]
+    assert e["auc"] < 1.0  # the true v edge ties with the false q and k edges
+    merged = {component_edge(k) for k in g.edge_keys}
+    assert e["by_component"]["auc"] == 1.0 and e["by_component"]["n_truth"] == 1
+    assert e["by_component"]["n_candidates"] == len(merged) < len(g.edge_keys)
+    assert component_edge("0.1->1.2.q") == "0.1->1.2" and component_edge("1.0->logits") == "1.0->logits"
+    assert component_edge("0.1->mlp1") == "0.1->mlp1"

@@ -72,6 +72,7 @@ def _row(spec: str, task, circuit, truth, graph: Graph) -> dict:
     return {
         "model": spec, "task": task.name, "method": circuit.method,
         "node_auc": s["nodes"]["auc"], "edge_auc": e["auc"] if e else None,
+        "component_edge_auc": e["by_component"]["auc"] if e else None,
         "node_precision_at_gt": s["nodes"]["at_gt_size"]["precision"], "node_recall_at_gt": s["nodes"]["at_gt_size"]["recall"],
         "edge_precision_at_gt": e["at_gt_size"]["precision"] if e else None, "edge_recall_at_gt": e["at_gt_size"]["recall"] if e else None,
         "seconds": round(circuit.runtime_s, 3), "gt_nodes": s["nodes"]["n_truth"], "candidate_nodes": s["nodes"]["n_candidates"],
@@ -121,7 +122,7 @@ def compare(models: list[str] | None = None, methods: list[str] | None = None, n
 def format_table(result: dict) -> str:
     """A plain-text table of :func:`compare`'s rows."""
     cols = [("model", "model", 22), ("task", "task", 12), ("method", "method", 17), ("node_auc", "node AUC", 8),
-            ("edge_auc", "edge AUC", 8), ("node_precision_at_gt", "P@gt", 5), ("node_recall_at_gt", "R@gt", 5),
+            ("edge_auc", "edge AUC", 8), ("component_edge_auc", "head-edge AUC", 13), ("node_precision_at_gt", "P@gt", 5), ("node_recall_at_gt", "R@gt", 5),
             ("edge_precision_at_gt", "eP@gt", 5), ("edge_recall_at_gt", "eR@gt", 5), ("seconds", "seconds", 8)]
 
     def fmt(v, w):

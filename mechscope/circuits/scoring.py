@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mechscope.circuits.circuit import Circuit, edge_key
+from mechscope.circuits.circuit import Circuit, edge_key, split_edge
 from mechscope.circuits.errors import CircuitError, GroundTruthMismatchError
 
 
@@ -102,7 +102,8 @@ def score_circuit(circuit: Circuit, ground_truth, graph, k: int | None = None, t
     Returns ``{"nodes": {...}, "edges": {...} | None}`` with ``auc``, ``at_gt_size`` (precision /
     recall / F1 at k = the ground truth's size), ``at_k`` (at ``k`` when given), ``at_threshold``
     (when given), and counts. ``edges`` is ``None`` when the ground truth has no edges or the
-    method scores none.
+    method scores none; ``edges["by_component"]`` scores the same edges with each head's q / k / v
+    inputs merged into one receiver (see :func:`_by_component`).
     """
     truth_nodes = set(ground_truth.nodes)
     s, y = _vectors(circuit.node_scores, list(graph.nodes), truth_nodes, "nodes")
@@ -120,4 +121,28 @@ def score_circuit(circuit: Circuit, ground_truth, graph, k: int | None = None, t
                  "at_gt_size": prf_at_k(es, ey, int(ey.sum()))}
         if edge_k is not None:
             edges["at_k"] = {"k": edge_k, **prf_at_k(es, ey, min(edge_k, len(ey)))}
+        cs, cy = _by_component(circuit.edge_scores, graph.edge_keys, truth_edges)
+        edges["by_component"] = {"auc": roc_auc(cs, cy) if 0 < cy.sum() < len(cy) else None, "n_candidates": len(cy),
+                                 "n_truth": int(cy.sum()), "at_gt_size": prf_at_k(cs, cy, int(cy.sum()))}
     return {"nodes": nodes, "edges": edges}
+
+
+def component_edge(key: str) -> str:
+    """``"0.1->1.2.q"`` -> ``"0.1->1.2"``: the edge between components, whatever input channel."""
+    src, dst = split_edge(key)
+    parts = dst.split(".")
+    return edge_key(src, ".".join(parts[:2]) if len(parts) == 3 and parts[2] in ("q", "k", "v") else dst)
+
+
+def _by_component(scores: dict[str, float], universe: list[str], truth: set[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Edge scores and labels with a head's q / k / v inputs merged: one candidate per (sender,
+    receiving component), scored by the max over its channels, true when any channel is. Methods
+    that cannot tell the channels apart (the discrete-code method) are compared here on what they
+    can express."""
+    merged: dict[str, float] = {}
+    for key in universe:
+        c = component_edge(key)
+        merged[c] = max(merged.get(c, -np.inf), float(scores.get(key, 0.0)))
+    true = {component_edge(k) for k in truth}
+    keys = list(merged)
+    return np.array([merged[k] for k in keys], dtype=np.float64), np.array([k in true for k in keys], dtype=bool)
