@@ -112,5 +112,7 @@ def test_distillation_is_seeded_and_refuses_an_unlearned_task():
         assert torch.equal(runs[0][k], runs[1][k]), k
     assert not torch.equal(runs[0]["blocks.0.attn.W_O"], load_model(f"zoo:{ORGANISM}").module.W_O[0])
 
+    with pytest.raises(ConfigError, match="distill_size must be between 1 and 7"):
+        choose_subset(model, dataclasses.replace(spec, distill_size=8))
     with pytest.raises(ConfigError, match="not learned"):
         train_organism(dataclasses.replace(SPECS["docstring-2l"], steps=2), progress=False)

@@ -35,9 +35,13 @@ def choose_subset(model, spec: OrganismSpec) -> dict:
 
     Returns ``{"nodes": [...], "faithfulness": f}``; f as in :mod:`mechscope.zoo.analysis`.
     """
-    from mechscope.zoo.analysis import mean_activations, subset_metrics
+    from mechscope.zoo.analysis import component_names, mean_activations, subset_metrics
     from mechscope.zoo.cards import task_for
 
+    n_components = len(component_names(model))
+    if not 1 <= spec.distill_size < n_components:
+        raise ConfigError(f"{spec.name}: distill_size must be between 1 and {n_components - 1} (the model has {n_components} "
+                          f"components); found {spec.distill_size}")
     prompts = task_for(spec, model.tokenizer, N_SELECT, SELECT_SEED, "train")
     reference = task_for(spec, model.tokenizer, N_SELECT_REFERENCE, SELECT_SEED + 1, "train")
     with torch.no_grad():
@@ -93,9 +97,7 @@ def distill_circuit(model, spec: OrganismSpec, task_batch: Callable[[], tuple[to
     ``task_batch()`` gives ``([B, T] inputs, [B, T] targets with -100 where no loss)``;
     ``corpus_batch()`` ``[B, T]`` code contexts or None.
     """
-    import torch.nn.functional as F
-
-    from mechscope.zoo.train import _corpus_loss, _optimizer_step, _unembed
+    from mechscope.zoo.train import _corpus_loss, _optimizer_step, _sparse_loss
 
     module, tied = model.module, spec.tie_embeddings
     module.eval()
@@ -113,16 +115,10 @@ def distill_circuit(model, spec: OrganismSpec, task_batch: Callable[[], tuple[to
         for g in opt.param_groups:  # short warmup, cosine to 0
             g["lr"] = spec.distill_lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / spec.distill_steps))
         x, y = task_batch()
-        where = y != -100
-
-        def answer_logits() -> torch.Tensor:  # [rows with a target, d_vocab]
-            return _unembed(module, module.ln_final(module(x, stop_at_layer=module.cfg.n_layers)[where]), tied)
-
         with module.hooks(fwd_hooks=record):
-            logits_full = answer_logits()
+            full, _ = _sparse_loss(module, x, y, tied=tied)
         with module.hooks(fwd_hooks=ablate):
-            logits_s = answer_logits()
-        full, only_s = F.cross_entropy(logits_full, y[where]), F.cross_entropy(logits_s, y[where])
+            only_s, _ = _sparse_loss(module, x, y, tied=tied)
         corpus = _corpus_loss(module, corpus_batch(), tied)
         _optimizer_step(opt, module, full + only_s + corpus)
         if step % 100 == 0 or step == spec.distill_steps - 1:
