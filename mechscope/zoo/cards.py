@@ -183,7 +183,8 @@ def render_markdown(card: dict) -> str:
         f"{'attention-only' if a['attn_only'] else 'MLPs d_mlp ' + str(a['d_mlp'])}, n_ctx {a['n_ctx']}, vocab {a['d_vocab']}; "
         f"{a['params']:,} parameters, {a['weights_bytes'] or 0:,} bytes of weights.", "",
         "## Training", "",
-        f"`{t['command']}` — seed {t['seed']}, {t['steps']} steps, {t['train_seconds']} s on CPU ({t['threads']} threads, torch {t['torch']}); "
+        f"`{t['command']}` — seed {t['seed']}, {t['steps']} steps, {t['train_seconds']} s on CPU"
+        f"{', distillation included' if t.get('distillation') else ''} ({t['threads']} threads, torch {t['torch']}); "
         f"final task loss {t['final_task_loss']}, code-corpus loss {t['final_corpus_loss']}. Data: {t['data']}.", "",
         *_distillation_lines(t.get("distillation")),
         "## Task", "",
