@@ -12,7 +12,7 @@ import torch
 from mechscope.models import load_model
 from mechscope.zoo.analysis import all_masks, component_names, evaluate_masks, mean_activations, nodes_to_mask
 from mechscope.zoo.cards import task_for
-from mechscope.zoo.distill import N_SELECT, N_SELECT_REFERENCE, SELECT_SEED, choose_subset, mean_ablation_hooks, distill_circuit
+from mechscope.zoo.distill import N_SELECT, N_SELECT_REFERENCE, SELECT_SEED, choose_subset, distill_circuit, mean_ablation_hooks
 from mechscope.zoo.specs import SPECS
 
 ORGANISM = "ioi-2l"
@@ -40,11 +40,13 @@ def test_choice_is_the_best_subset_of_at_most_k(model):
     assert float((got[0] - m[0]) / (m[-1] - m[0])) == pytest.approx(float(f[small].max()), abs=1e-3)
 
 
-def test_ablation_hooks_are_mean_ablation_over_the_batch(model):
-    """With the hooks, the model's metric equals evaluate_masks' with the batch's own means."""
-    spec = SPECS[ORGANISM]
+@pytest.mark.parametrize("name, kept", [("ioi-2l", ["0.1", "1.2", "1.3"]), ("greater-than-2l", ["0.2", "1.2", "mlp1"])])
+def test_ablation_hooks_are_mean_ablation_over_the_batch(name, kept):
+    """With the hooks, the model's metric equals evaluate_masks' with the batch's own means (heads,
+    and on greater-than-2l an MLP kept and one ablated)."""
+    model = load_model(f"zoo:{name}", device="cpu")
+    spec = SPECS[name]
     task = task_for(spec, model.tokenizer, 64, 31, "train")
-    kept = ["0.1", "1.2", "1.3"]
     record, ablate = mean_ablation_hooks(model, kept)
     with torch.no_grad():
         with model.module.hooks(fwd_hooks=record):
