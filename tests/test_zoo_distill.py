@@ -12,7 +12,7 @@ import torch
 from mechscope.models import load_model
 from mechscope.zoo.analysis import all_masks, component_names, evaluate_masks, mean_activations, nodes_to_mask
 from mechscope.zoo.cards import task_for
-from mechscope.zoo.distill import N_SELECT, N_SELECT_REFERENCE, SELECT_SEED, choose_subset, distill_circuit, mean_ablation_hooks
+from mechscope.zoo.distill import N_SELECT, N_SELECT_REFERENCE, SELECT_SEED, batch_mean_ablation, choose_subset, distill_circuit
 from mechscope.zoo.specs import SPECS
 
 ORGANISM = "ioi-2l"
@@ -47,11 +47,11 @@ def test_ablation_hooks_are_mean_ablation_over_the_batch(name, kept):
     model = load_model(f"zoo:{name}", device="cpu")
     spec = SPECS[name]
     task = task_for(spec, model.tokenizer, 64, 31, "train")
-    record, ablate = mean_ablation_hooks(model, kept)
+    record, ablate = batch_mean_ablation(model, kept)
     with torch.no_grad():
         with model.module.hooks(fwd_hooks=record):
             full = task.metric(model.module(task.clean))
-        with model.module.hooks(fwd_hooks=ablate):
+        with model.module.hooks(fwd_hooks=ablate(len(task))):
             hooked = task.metric(model.module(task.clean))
     want = evaluate_masks(model, task, nodes_to_mask(model, kept)[None], mean_activations(model, task.clean))
     assert float(hooked) == pytest.approx(float(want[0]), abs=1e-4)

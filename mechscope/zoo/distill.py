@@ -55,39 +55,25 @@ def choose_subset(model, spec: OrganismSpec) -> dict:
     return {"nodes": [c for c, k in zip(components, keep[best].tolist()) if k], "faithfulness": round(float(f[best]), 4)}
 
 
-def mean_ablation_hooks(model, kept: list[str]) -> tuple[list, list]:
-    """``(record, ablate)`` forward hooks that mean-ablate every head / MLP outside ``kept``.
+def batch_mean_ablation(model, kept: list[str]) -> tuple[list, Callable[[int], list]]:
+    """``(record, ablate)``: mean-ablation of every head / MLP outside ``kept``, with the batch as
+    the reference set.
 
-    A forward with ``record`` stores each ablated hook point's batch mean per position (detached);
-    a forward with ``ablate`` then replaces the components outside ``kept`` by those means — the
-    analysis' mean-ablation with the batch as its reference set.
+    A forward with the ``record`` hooks stores each component hook point's batch mean per position
+    (detached); ``ablate(n_rows)`` then gives the analysis' own mean-ablation hooks
+    (:func:`mechscope.zoo.analysis._ablation_hooks`) for a batch of ``n_rows`` with those means.
     """
-    from mechscope.tasks import parse_node
-    from mechscope.zoo.analysis import component_names
+    from mechscope.zoo.analysis import _ablation_hooks, _hook_name, component_names, nodes_to_mask
 
-    dropped: dict[str, torch.Tensor | None] = {}  # hook name -> heads dropped (None: an MLP)
-    for c in component_names(model):
-        if c in kept:
-            continue
-        _, layer, head = parse_node(c)
-        if head is None:
-            dropped[f"blocks.{layer}.hook_mlp_out"] = None  # [batch, pos, d_model]
-        else:
-            name = f"blocks.{layer}.attn.hook_z"  # [batch, pos, head, d_head]
-            mask = dropped.setdefault(name, torch.zeros(model.module.cfg.n_heads, dtype=torch.bool))
-            mask[head] = True
+    components = component_names(model)
+    keep = nodes_to_mask(model, kept)[None]  # [1, K]
     means: dict[str, torch.Tensor] = {}
 
-    def record(x, hook):
-        means[hook.name] = x.detach().mean(0, keepdim=True)
+    def store(x, hook):
+        means[hook.name] = x.detach().mean(0)  # [pos, ...]
 
-    def ablate(x, hook):
-        heads = dropped[hook.name]
-        if heads is None:
-            return means[hook.name].expand_as(x)
-        return torch.where(heads[None, None, :, None], means[hook.name], x)
-
-    return [(n, record) for n in dropped], [(n, ablate) for n in dropped]
+    record = [(name, store) for name in dict.fromkeys(_hook_name(c) for c in components)]
+    return record, lambda n_rows: _ablation_hooks(model, keep.expand(n_rows, -1), components, means)
 
 
 def distill_circuit(model, spec: OrganismSpec, task_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
@@ -102,7 +88,7 @@ def distill_circuit(model, spec: OrganismSpec, task_batch: Callable[[], tuple[to
     module, tied = model.module, spec.tie_embeddings
     module.eval()
     chosen = choose_subset(model, spec)
-    record, ablate = mean_ablation_hooks(model, chosen["nodes"])
+    record, ablate = batch_mean_ablation(model, chosen["nodes"])
     module.train()
     opt = torch.optim.AdamW(module.parameters(), lr=spec.distill_lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
     bar = None
@@ -117,7 +103,7 @@ def distill_circuit(model, spec: OrganismSpec, task_batch: Callable[[], tuple[to
         x, y = task_batch()
         with module.hooks(fwd_hooks=record):
             full, _ = _sparse_loss(module, x, y, tied=tied)
-        with module.hooks(fwd_hooks=ablate):
+        with module.hooks(fwd_hooks=ablate(len(x))):
             only_s, _ = _sparse_loss(module, x, y, tied=tied)
         corpus = _corpus_loss(module, corpus_batch(), tied)
         _optimizer_step(opt, module, full + only_s + corpus)
