@@ -27,6 +27,31 @@ def tokenizer():
 
 
 @pytest.fixture(scope="session")
+def english_tok():
+    """A byte-level BPE trained offline on English-like text in which the papers' names, nouns
+    and numbers are frequent — so, as in GPT-2, they are single tokens (" 1732" -> " 17" "32")."""
+    import random
+
+    from mechscope.data import train_tokenizer
+    from mechscope.data.corpus import Corpus, Document
+    from mechscope.tasks import docstring, greater_than, ioi
+
+    rng = random.Random(0)
+    words = ioi.NAMES + ioi.PLACES + ioi.OBJECTS + greater_than.NOUNS + docstring.ARG_NAMES + docstring.DESC_WORDS
+    docs = []
+    for i in range(6):
+        w = words[:]
+        rng.shuffle(w)
+        text = " ".join(w) + "\n"
+        text += "\n".join(t.replace("[A]", rng.choice(ioi.NAMES)).replace("[B]", rng.choice(ioi.NAMES))
+                          .replace("[PLACE]", "store").replace("[OBJECT]", "drink") for t in ioi.BABA_TEMPLATES)
+        text += "\n" + " ".join(f" {c}" for c in range(11, 18)) * 30 + "=".join(f"{y:02d}" for y in range(100)) * 8
+        text += "\n" + " ".join(f"the year {rng.randint(11, 17)}{rng.randint(0, 99):02d}" for _ in range(20))
+        docs.append(Document(f"d{i}", text))
+    return train_tokenizer(Corpus("english-test", docs), vocab_size=3000, max_train_bytes=None)
+
+
+@pytest.fixture(scope="session")
 def heldout_stream(tokenizer):
     from mechscope.data import TokenStream, stdlib_corpus
 

@@ -1,9 +1,7 @@
 """Tasks: clean/corrupted prompts of equal length for every task and two tokenizers (the default
-code BPE and a GPT-2-like English BPE trained here), determinism, disjoint splits, metrics, errors."""
+code BPE and the GPT-2-like English BPE of conftest's ``english_tok``), determinism, disjoint splits, metrics, errors."""
 
 from __future__ import annotations
-
-import random
 
 import pytest
 import torch
@@ -20,29 +18,6 @@ def code_tok():
     from mechscope.data import default_tokenizer
 
     return default_tokenizer()
-
-
-@pytest.fixture(scope="session")
-def english_tok():
-    """A byte-level BPE trained offline on English-like text in which the papers' names, nouns
-    and numbers are frequent — so, as in GPT-2, they are single tokens (" 1732" -> " 17" "32")."""
-    from mechscope.data import train_tokenizer
-    from mechscope.data.corpus import Corpus, Document
-    from mechscope.tasks import docstring, greater_than, ioi
-
-    rng = random.Random(0)
-    words = ioi.NAMES + ioi.PLACES + ioi.OBJECTS + greater_than.NOUNS + docstring.ARG_NAMES + docstring.DESC_WORDS
-    docs = []
-    for i in range(6):
-        w = words[:]
-        rng.shuffle(w)
-        text = " ".join(w) + "\n"
-        text += "\n".join(t.replace("[A]", rng.choice(ioi.NAMES)).replace("[B]", rng.choice(ioi.NAMES))
-                          .replace("[PLACE]", "store").replace("[OBJECT]", "drink") for t in ioi.BABA_TEMPLATES)
-        text += "\n" + " ".join(f" {c}" for c in range(11, 18)) * 30 + "=".join(f"{y:02d}" for y in range(100)) * 8
-        text += "\n" + " ".join(f"the year {rng.randint(11, 17)}{rng.randint(0, 99):02d}" for _ in range(20))
-        docs.append(Document(f"d{i}", text))
-    return train_tokenizer(Corpus("english-test", docs), vocab_size=3000, max_train_bytes=None)
 
 
 def _check_task(task: Task, tok) -> None:

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     a = cs.add_parser("find", help="run one method on one model and task", epilog=EXAMPLES, formatter_class=fmt)
     a.add_argument("--model", required=True, help="zoo:NAME, a model directory, or a TransformerLens name")
-    a.add_argument("--task", default=None, help="task name (default: a zoo organism's own task)")
+    a.add_argument("--task", default=None, help="task name (default: a zoo organism's own task; for gpt2-small / attn-only-4l, "
+                                               "their first published one)")
     a.add_argument("--method", required=True, help="discrete_codes, ablation_zero, ablation_mean, ablation_resample, patching, eap, eap_ig, acdc")
     a.add_argument("--variant", default=None, help="task variant (default: the organism's, else the task's default)")
     a.add_argument("--n", type=int, default=64, help="number of prompts (default 64)")
@@ -34,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--split", default="heldout", choices=["train", "heldout"])
     a.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter (JSON value), repeatable")
     a.add_argument("--ground-truth", default=None, help="score against this ground truth (zoo:NAME, a shipped name, or a JSON file); "
-                                                        "zoo organisms are scored against their own card by default")
+                                                        "zoo organisms are scored against their own card, gpt2-small / attn-only-4l "
+                                                        "against the published circuit of the task, by default")
     a.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's); 1 is fastest on a busy machine")
     a.add_argument("--out", default=None, help="write the circuit as JSON here")
     a.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -108,7 +110,7 @@ def _summary(circuit, scores) -> dict:
 
 
 def _find(args) -> int:
-    from mechscope.circuits.compare import load_task_and_truth
+    from mechscope.circuits.compare import PUBLISHED, load_task_and_truth
     from mechscope.circuits.graph import Graph
     from mechscope.circuits.methods import METHODS, find_circuit
     from mechscope.circuits.errors import UnknownMethodError
@@ -121,7 +123,7 @@ def _find(args) -> int:
         raise UnknownMethodError(args.method, list(METHODS))
     _threads(args.threads)
     truth = None
-    if args.model.startswith("zoo:") and args.variant is None:
+    if (args.model.startswith("zoo:") or args.model in PUBLISHED) and args.variant is None:
         model, task, truth = load_task_and_truth(args.model, args.task, n=args.n, seed=args.seed, split=args.split)
     else:
         from mechscope.errors import ConfigError

@@ -36,9 +36,10 @@ def settings(include_published: bool = False) -> list[str]:
 
 
 def load_task_and_truth(spec: str, task: str | None = None, n: int = DEFAULT_N, seed: int = 0, split: str = DEFAULT_SPLIT,
-                        device: str = "cpu"):
+                        device: str = "cpu", model=None):
     """``(model, task, ground truth)`` for a zoo organism (``zoo:NAME``; its card's task and circuit)
-    or a published model (``gpt2-small`` / ``attn-only-4l``; ``task`` picks IOI or greater-than)."""
+    or a published model (``gpt2-small`` / ``attn-only-4l``; ``task`` picks IOI or greater-than).
+    ``model``: ``spec``'s model when the caller has already loaded it (not loaded again)."""
     from mechscope.models import load_model
     from mechscope.tasks import load_ground_truth, make_task
 
@@ -50,7 +51,7 @@ def load_task_and_truth(spec: str, task: str | None = None, n: int = DEFAULT_N, 
         t = card["task"]
         if task is not None and task.replace("-", "_") != t["name"]:
             raise CircuitError(f"organism {name!r} has a verified circuit for task {t['name']!r}, not {task!r}")
-        model = load_model(spec, device=device)
+        model = model if model is not None else load_model(spec, device=device)
         built = make_task(t["name"], model.tokenizer, n=n, seed=seed, split=split, variant=t["variant"], **(t.get("kwargs") or {}))
         return model, built, organism_ground_truth(name)
     if spec not in PUBLISHED:
@@ -62,7 +63,7 @@ def load_task_and_truth(spec: str, task: str | None = None, n: int = DEFAULT_N, 
     if not match:
         raise CircuitError(f"{spec!r} has published circuits for {[o[0] for o in options]}, not {task!r}")
     name, variant, gt = match[0]
-    model = load_model(spec, device=device)
+    model = model if model is not None else load_model(spec, device=device)
     return model, make_task(name, model.tokenizer, n=n, seed=seed, split=split, variant=variant), load_ground_truth(gt)
 
 
@@ -103,8 +104,9 @@ def compare(models: list[str] | None = None, methods: list[str] | None = None, n
     info = {}
     for spec in models:
         task_names = [None] if spec.startswith("zoo:") else (tasks or {}).get(spec, [o[0] for o in PUBLISHED.get(spec, [])]) or [None]
+        model = None  # loaded once per spec, whatever the number of its tasks
         for task_name in task_names:
-            model, task, truth = load_task_and_truth(spec, task_name, n=n, seed=seed, split=split)
+            model, task, truth = load_task_and_truth(spec, task_name, n=n, seed=seed, split=split, model=model)
             graph = Graph.of(model)
             info[f"{spec}/{task.name}"] = {"n_prompts": len(task), "split": split, "seed": seed, "variant": task.variant,
                                            "metric": task.default_metric, "ground_truth_nodes": truth.nodes,

@@ -11,11 +11,13 @@ Specs, tried in this order:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -180,7 +182,9 @@ def _load_transformer_lens_name(name: str, device: str) -> Model:
         )
     from transformer_lens import HookedTransformer
 
-    with warnings.catch_warnings():
+    # TransformerLens prints "Loaded pretrained model ..." on stdout, where it would break
+    # `--json` output: it goes to stderr instead
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore", DeprecationWarning)
         module = HookedTransformer.from_pretrained(name, device=device)
     return Model(module=module.eval(), name=name, kind="transformer_lens", tokenizer=module.tokenizer, meta={"spec": name, "source": "transformer_lens_hub"})
