@@ -6,6 +6,7 @@ document.
     python benchmarks/circuits.py --quick                  # 16 prompts, first organism only
     python benchmarks/circuits.py --models zoo:greater-than-2l --n 64
     python benchmarks/circuits.py --no-peers               # mechscope methods only
+    python benchmarks/circuits.py --n 32 64 128 --methods discrete_codes acdc --no-peers   # how the speedup grows with prompts
     MECHSCOPE_ZOO_PATH=runs/zoo python benchmarks/circuits.py   # organisms trained locally too
 
 Goal (issue 5): the discrete-code method takes <= 10 s per task, is >= 100x faster than ACDC, and
@@ -27,7 +28,12 @@ a peer that cannot run gets ``status`` ``"unsupported"`` / ``"error"`` and the e
 ``discrete_codes_seeds``: the discrete-code method's node / edge AUC for SAE seeds 0-4 (its only
 random part); the goal compares their medians with ACDC.
 ``summary``: ``discrete_codes_seconds``, ``acdc_seconds`` (mechscope's ACDC), ``speedup_vs_acdc``
-and whether each part of the goal is met; also ``speedup_vs_auto_circuit_acdc``.
+and whether each part of the goal is met (``goal_met``: all parts; ``goal_met_nodes``: time, speedup
+and node AUC — the paper's comparison is on heads); also ``speedup_vs_auto_circuit_acdc``.
+Several ``--n`` values run every organism at each prompt count; the top-level ``scaling`` then lists,
+per organism, both methods' seconds and the speedup against the number of prompts: ACDC runs a
+forward pass of all prompts per edge it tests, the discrete-code method fits its SAE on ``n_train``
+prompts whatever ``n`` is, so the ratio grows with ``n``.
 ``agreement_with_mechscope`` on a peer row: Spearman rank correlation of its edge / node scores with
 mechscope's method of the same name on the same metric (EAP computes the same first-order estimate,
 so 1.0 is expected there: a check that the adaptation is right; ACDC differs in threshold grid and
@@ -190,8 +196,21 @@ def summarize(rows: list[dict], peers: list[dict], seeds: list[dict] | None = No
             # q / k / v inputs merged (the discrete-code method scores one edge per pair of components)
             "discrete_codes_component_edge_auc": dc["component_edge_auc"], "acdc_component_edge_auc": acdc["component_edge_auc"],
             "goal": checks, "goal_met": all(v is not False for v in checks.values()),
+            "goal_met_nodes": checks["seconds_le_10"] and checks["speedup_ge_100"] and checks["node_auc_ge_acdc"],
             "auto_circuit_acdc_seconds": ac_acdc and ac_acdc["seconds"],
             "speedup_vs_auto_circuit_acdc": round(ac_acdc["seconds"] / dc["seconds"], 2) if ac_acdc and dc["seconds"] > 0 else None}
+
+
+def scaling(tasks: list[dict]) -> dict:
+    """Per organism: the discrete-code method's and ACDC's seconds, and their ratio, by prompt count."""
+    out: dict = {}
+    for t in tasks:
+        s = t["summary"]
+        out.setdefault(t["model"], []).append({"n_prompts": t["n_prompts"], "discrete_codes_seconds": s.get("discrete_codes_seconds"),
+                                               "acdc_seconds": s.get("acdc_seconds"), "speedup_vs_acdc": s.get("speedup_vs_acdc"),
+                                               "discrete_codes_median_node_auc": s.get("discrete_codes_median_node_auc_over_seeds"),
+                                               "acdc_node_auc": s.get("acdc_node_auc")})
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -199,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", help="model specs (zoo:NAME); default: every organism with a model card")
-    ap.add_argument("--n", type=int, default=None, help="prompts per task (default 32; --quick 16)")
+    ap.add_argument("--n", type=int, nargs="+", default=None, help="prompts per task, one or several counts (default 32; --quick 16)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split", default="heldout")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="mechscope methods (default: all)")
@@ -212,7 +231,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    n = args.n if args.n is not None else (16 if args.quick else 32)
+    counts = args.n if args.n is not None else [16 if args.quick else 32]
+    if any(c < 2 for c in counts):
+        raise SystemExit(f"--n takes prompt counts >= 2; found {counts}")
 
     from mechscope.circuits import Graph, find_circuit, load_task_and_truth
 
@@ -228,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     load_before = os.getloadavg()
     tasks = []
-    for spec in models:
+    for n, spec in ((n, spec) for n in counts for spec in models):
         model, task, truth = load_task_and_truth(spec, n=n, seed=args.seed, split=args.split)
         graph = Graph.of(model)
         rows, ours = [], {}
@@ -249,15 +270,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     goals = [t["summary"].get("goal_met") for t in tasks]
     return {
-        "benchmark": "circuits", "device": "cpu", "threads": args.threads, "n": n, "seed": args.seed, "split": args.split,
+        "benchmark": "circuits", "device": "cpu", "threads": args.threads, "n": counts, "seed": args.seed, "split": args.split,
         "quick": args.quick, "peers": not args.no_peers, "peer_metric": args.peer_metric, "torch": torch.__version__, "python": platform.python_version(),
         "pythonhashseed": os.environ.get("PYTHONHASHSEED"), "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
         "goal": {"discrete_codes_max_seconds": GOAL_SECONDS, "min_speedup_vs_acdc": GOAL_SPEEDUP,
                  "auc": "discrete_codes node AUC (median over SAE seeds 0-4) >= acdc node AUC, and the same for edge AUC "
                         "where both exist"},
-        "tasks": tasks, "skipped": skipped,
+        "tasks": tasks, "skipped": skipped, "scaling": scaling(tasks) if len(counts) > 1 else None,
         "summary": {"tasks": len(tasks), "goal_met_all": all(g is True for g in goals) if goals else None,
-                    "goal_met": {f"{t['model']}/{t['task']}": t["summary"].get("goal_met") for t in tasks}},
+                    "goal_met": {f"{t['model']}/{t['task']}/n={t['n_prompts']}": t["summary"].get("goal_met") for t in tasks},
+                    "goal_met_nodes": {f"{t['model']}/{t['task']}/n={t['n_prompts']}": t["summary"].get("goal_met_nodes") for t in tasks}},
     }
 
 
