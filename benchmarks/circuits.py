@@ -68,31 +68,20 @@ def say(msg: str) -> None:
 
 
 def default_models() -> tuple[list[str], list[dict]]:
-    """Organisms ``compare`` would run, minus those without a model card (no ground truth yet)."""
+    """Organisms ``compare`` runs by default (those with a model card), and the ones left out."""
     from mechscope.circuits import settings
-    from mechscope.zoo.registry import find_organism
+    from mechscope.zoo.registry import organism_names
 
-    keep, skipped = [], []
-    for spec in settings():
-        card = find_organism(spec[4:]) / "card.json"
-        if card.exists():
-            keep.append(spec)
-        else:
-            skipped.append({"model": spec, "reason": f"no model card ({card} is missing): no verified circuit to score against"})
+    keep = settings()
+    skipped = [{"model": f"zoo:{n}", "reason": "no model card: no verified circuit to score against"}
+               for n in organism_names() if f"zoo:{n}" not in keep]
     return keep, skipped
 
 
-def score_row(circuit, truth, graph, library: str, method: str) -> dict:
-    from mechscope.circuits import score_circuit
+def score_row(circuit, truth, graph, library: str, method: str, model: str, task) -> dict:
+    from mechscope.circuits import comparison_row
 
-    s = score_circuit(circuit, truth, graph)
-    n, e = s["nodes"], s["edges"]
-    return {"library": library, "method": method, "status": "ok", "seconds": round(circuit.runtime_s, 4),
-            "node_auc": n["auc"], "edge_auc": e["auc"] if e else None,
-            "component_edge_auc": e["by_component"]["auc"] if e else None,
-            "node_precision_at_gt": n["at_gt_size"]["precision"], "node_recall_at_gt": n["at_gt_size"]["recall"],
-            "edge_precision_at_gt": e["at_gt_size"]["precision"] if e else None,
-            "edge_recall_at_gt": e["at_gt_size"]["recall"] if e else None}
+    return {"library": library, "status": "ok", **comparison_row(model, task, circuit, truth, graph), "method": method}
 
 
 def spearman(a: dict[str, float], b: dict[str, float]) -> float | None:
@@ -137,7 +126,7 @@ def run_peers(model, task, truth, graph, ours: dict, methods: list[str], peer_me
         except Exception as e:  # recorded in the output, not hidden
             rows.append({"library": "auto-circuit", "version": version, "method": m, "status": "error", "error": f"{type(e).__name__}: {e}"})
             continue
-        row = score_row(circuit, truth, graph, "auto-circuit", m)
+        row = score_row(circuit, truth, graph, "auto-circuit", m, model.name, task)
         row.update(version=version, setup_seconds=round(circuit.metadata.get("setup_s", 0.0), 4),
                    wall_seconds=round(time.perf_counter() - t0, 4), params={k: v for k, v in circuit.params.items() if k != "taus"})
         row["metric"] = "kl (ACDC's faithfulness target)" if m == "acdc" else metric
@@ -257,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
             say(f"{spec} / {task.name} / {method}")
             t0 = time.perf_counter()
             circuit = find_circuit(model, task, method)
-            row = score_row(circuit, truth, graph, "mechscope", method)
+            row = score_row(circuit, truth, graph, "mechscope", method, spec, task)
             row["wall_seconds"] = round(time.perf_counter() - t0, 4)
             rows.append(row)
             ours[method] = circuit

@@ -112,6 +112,21 @@ def test_every_method_runs_and_round_trips(setting, tmp_path):
         assert again.node_scores == circuit.node_scores and again.edge_scores == circuit.edge_scores
 
 
+def test_default_settings_skip_organisms_without_a_card(tmp_path, monkeypatch, tokenizer):
+    """An organism still training (weights, no card yet) on MECHSCOPE_ZOO_PATH has no ground truth:
+    ``compare``'s default list leaves it out instead of failing on it."""
+    from conftest import make_tl_model
+
+    from mechscope.circuits import settings
+    from mechscope.models import save_model
+
+    save_model(make_tl_model(tokenizer), tmp_path / "half-trained")
+    monkeypatch.setenv("MECHSCOPE_ZOO_PATH", str(tmp_path))
+    specs = settings()
+    assert ORGANISM in specs and "zoo:half-trained" not in specs
+    assert settings(include_published=True)[-2:] == ["gpt2-small", "attn-only-4l"]
+
+
 def test_compare_table_has_every_method(setting):
     result = compare([ORGANISM], ["eap", "ablation_mean"], n=16)
     rows = result["rows"]

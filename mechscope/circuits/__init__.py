@@ -16,8 +16,8 @@ from mechscope.circuits.errors import CircuitError, GroundTruthMismatchError, Ta
 from mechscope.circuits.graph import Graph
 from mechscope.circuits.methods import METHODS, find_circuit
 from mechscope.circuits.scoring import prf_at_k, prf_at_threshold, roc_auc, score_circuit
-from mechscope.circuits.compare import compare, load_task_and_truth, settings
+from mechscope.circuits.compare import compare, comparison_row, load_task_and_truth, settings
 
 __all__ = ["Circuit", "edge_key", "split_edge", "CircuitError", "GroundTruthMismatchError", "TaskModelMismatchError",
            "UnknownMethodError", "Graph", "METHODS", "find_circuit", "roc_auc", "prf_at_k", "prf_at_threshold", "score_circuit",
-           "compare", "load_task_and_truth", "settings"]
+           "compare", "comparison_row", "load_task_and_truth", "settings"]

@@ -27,11 +27,12 @@ DEFAULT_SPLIT = "heldout"
 
 
 def settings(include_published: bool = False) -> list[str]:
-    """Model specs ``compare`` runs by default: every shipped organism (``zoo:NAME``), plus the
-    published models when asked."""
-    from mechscope.zoo.registry import organism_names
+    """Model specs ``compare`` runs by default: every zoo organism (``zoo:NAME``) with a model card
+    (its verified circuit is the ground truth; one whose training has not finished has none), plus
+    the published models when asked."""
+    from mechscope.zoo.registry import find_organism, organism_names
 
-    out = [f"zoo:{n}" for n in organism_names()]
+    out = [f"zoo:{n}" for n in organism_names() if (find_organism(n) / "card.json").exists()]
     return out + (list(PUBLISHED) if include_published else [])
 
 
@@ -67,7 +68,9 @@ def load_task_and_truth(spec: str, task: str | None = None, n: int = DEFAULT_N, 
     return model, make_task(name, model.tokenizer, n=n, seed=seed, split=split, variant=variant), load_ground_truth(gt)
 
 
-def _row(spec: str, task, circuit, truth, graph: Graph) -> dict:
+def comparison_row(spec: str, task, circuit, truth, graph: Graph) -> dict:
+    """One row of :func:`compare`'s table: ``circuit`` (found on ``task`` with model ``spec``) scored
+    against ``truth`` — node / edge AUC, precision and recall at the ground-truth size, seconds."""
     s = score_circuit(circuit, truth, graph)
     e = s["edges"]
     return {
@@ -115,7 +118,7 @@ def compare(models: list[str] | None = None, methods: list[str] | None = None, n
                 say(f"{spec} / {task.name} / {method}")
                 t0 = time.perf_counter()
                 circuit = find_circuit(model, task, method, **(params or {}).get(method, {}))
-                row = _row(spec, task, circuit, truth, graph)
+                row = comparison_row(spec, task, circuit, truth, graph)
                 row["wall_seconds"] = round(time.perf_counter() - t0, 3)
                 rows.append(row)
     return {"rows": rows, "settings": info, "n": n, "seed": seed, "split": split}

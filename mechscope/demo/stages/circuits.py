@@ -20,7 +20,7 @@ def method_params(ctx: DemoContext) -> dict[str, dict]:
 
 def run(ctx: DemoContext) -> dict:
     from mechscope.circuits import METHODS, Graph, find_circuit, load_task_and_truth
-    from mechscope.circuits.compare import _row
+    from mechscope.circuits.compare import comparison_row
 
     spec, n = f"zoo:{ctx.organism}", ctx.sizes.circuit_prompts
     model, task, truth = load_task_and_truth(spec, n=n, seed=0, split="heldout")
@@ -33,7 +33,7 @@ def run(ctx: DemoContext) -> dict:
         t = time.perf_counter()
         circuit = find_circuit(model, task, method, **params.get(method, {}))
         circuit.metadata["task_spec"] = {"name": task.name, "variant": task.variant, "n": len(task), "seed": 0, "split": "heldout"}
-        row = _row(spec, task, circuit, truth, graph)
+        row = comparison_row(spec, task, circuit, truth, graph)
         row["wall_seconds"] = round(time.perf_counter() - t, 3)
         row["top_nodes"] = circuit.ranked_nodes()[: len(truth.nodes)]
         rows.append(row)
