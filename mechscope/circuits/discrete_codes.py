@@ -8,6 +8,8 @@ Scalable and Reliable Circuit Identification in Language Models", arXiv:2405.125
    (MLPs: ``hook_mlp_out``, as in the authors' code), averaged over the prompt's positions
    (``averaging="mean"``; also ``"mean_no_bos"`` and ``"last"`` = the answer position):
    one ``d_model`` vector per (prompt, component).
+   Not in the paper, off by default: ``normalize="unit"`` / ``"center"`` rescale or centre the
+   vectors first (:func:`normalized`).
 3. **One SAE shared across components**, trained on the vectors of ``n_train`` prompts (half
    positives, half negatives; default 10 — the paper needs 5-10) with a ReLU + L1 objective.
    It is a :class:`mechscope.dictionaries.Dictionary` fitted with full-batch Adam by
@@ -27,7 +29,8 @@ Defaults follow the authors' public reference script (SAE width 300, 500 full-ba
 at lr 1e-3, 10 training prompts, argmax codes, position-mean head outputs); the L1 weight is in
 mechscope's scale-free units, so the script's lambda = 0.02 (on raw per-element MSE) is converted
 to them for the data at hand (:func:`l1_coefficient`).
-:func:`robustness` sweeps averaging, width, training prompts, code definition, L1 and seed.
+:func:`robustness` sweeps averaging, width, training prompts, code definition, L1, seed and
+normalisation.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ CITATION = ("O'Neill & Bui (2024). Sparse Autoencoders Enable Scalable and Relia
             "arXiv:2405.12522")
 AVERAGING = ("mean", "mean_no_bos", "last")
 CODES = ("argmax", "topk")
+NORMALIZE = ("none", "unit", "center")
 
 
 @dataclass(frozen=True)
@@ -66,12 +70,15 @@ class CodeConfig:
     lr: float = 1e-3
     seed: int = 0
     max_prompts: int | None = None  # positives (and as many negatives) used for codes; None: all
+    normalize: str = "none"  # not in the paper; see :func:`normalized`
 
     def __post_init__(self):
         if self.averaging not in AVERAGING:
             raise CircuitError(f"averaging must be one of {AVERAGING}; found {self.averaging!r}")
         if self.code not in CODES:
             raise CircuitError(f"code must be one of {CODES}; found {self.code!r}")
+        if self.normalize not in NORMALIZE:
+            raise CircuitError(f"normalize must be one of {NORMALIZE}; found {self.normalize!r}")
         for name in ("n_latents", "n_train", "k", "steps"):
             if int(getattr(self, name)) < 1:
                 raise CircuitError(f"{name} must be >= 1; found {getattr(self, name)!r}")
@@ -121,20 +128,51 @@ def head_vectors(model: Model, task: Task, averaging: str = "mean", max_prompts:
     return HeadVectors(list(graph.nodes), pos.float().cpu(), neg.float().cpu(), len(task), int(correct.sum()))
 
 
+def training_prompts(vectors: HeadVectors, cfg: CodeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the positive and of the negative prompts the SAE is trained on: ``cfg.n_train``
+    in all, half of each (rounded towards positives), drawn with ``cfg.seed``."""
+    n = vectors.pos.shape[0]
+    n_pos = min(n, (cfg.n_train + 1) // 2)
+    n_neg = min(n, cfg.n_train - n_pos)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return torch.randperm(n, generator=gen)[:n_pos], torch.randperm(n, generator=gen)[:n_neg]
+
+
+def normalized(vectors: HeadVectors, cfg: CodeConfig) -> HeadVectors:
+    """The vectors the SAE and the codes see (``cfg.normalize``; the paper: ``"none"``).
+
+    One SAE is shared by components whose outputs differ in scale (here MLP outputs are up to 30x
+    the norm of head outputs), so its reconstruction and L1 terms — and its latents — are spent on
+    the largest. ``"unit"`` divides every (prompt, component) vector by its norm: codes then follow
+    directions only. ``"center"`` subtracts each component's mean over the SAE's training prompts
+    (positives and negatives): codes then follow how a component's output departs from its usual
+    one, not which component wrote it.
+    """
+    if cfg.normalize == "none":
+        return vectors
+    if cfg.normalize == "unit":
+        def f(x):
+            return x / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    else:
+        pi, ni = training_prompts(vectors, cfg)
+        mean = torch.cat([vectors.pos[pi], vectors.neg[ni]]).mean(0)  # [C, d]
+
+        def f(x):
+            return x - mean
+    return dataclasses.replace(vectors, pos=f(vectors.pos), neg=f(vectors.neg))
+
+
 def train_sae(vectors: HeadVectors, cfg: CodeConfig):
     """The shared SAE, trained on the vectors of ``cfg.n_train`` prompts (half positive, half negative)."""
     from mechscope.dictionaries import DictionaryConfig
     from mechscope.dictionaries.full_batch import fit_full_batch
 
-    n = vectors.pos.shape[0]
-    n_pos = min(n, (cfg.n_train + 1) // 2)
-    n_neg = min(n, cfg.n_train - n_pos)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    rows = torch.cat([vectors.pos[torch.randperm(n, generator=gen)[:n_pos]], vectors.neg[torch.randperm(n, generator=gen)[:n_neg]]])
+    pi, ni = training_prompts(vectors, cfg)
+    rows = torch.cat([vectors.pos[pi], vectors.neg[ni]])
     rows = rows.reshape(-1, rows.shape[-1])
     dcfg = DictionaryConfig(d_in=rows.shape[1], n_latents=cfg.n_latents, kind="sae", activation="relu", l1_coeff=l1_coefficient(rows, cfg),
                             hook_in="component_out", meta={"method": "discrete_codes"})
-    return fit_full_batch(dcfg, rows, cfg.steps, cfg.lr, seed=cfg.seed), n_pos + n_neg
+    return fit_full_batch(dcfg, rows, cfg.steps, cfg.lr, seed=cfg.seed), len(pi) + len(ni)
 
 
 PAPER_L1 = 0.02
@@ -222,6 +260,7 @@ def edge_scores_from_codes(graph: Graph, node_scores: dict[str, float], pairs: t
 def scores_from_vectors(vectors: HeadVectors, cfg: CodeConfig, graph: Graph) -> tuple[dict, dict, dict]:
     """Train the SAE, compute codes and return ``(node scores, edge scores, facts)``."""
     t0 = time.perf_counter()
+    vectors = normalized(vectors, cfg)
     sae, n_rows = train_sae(vectors, cfg)
     t_train = time.perf_counter() - t0
     cp, cn = codes(sae, vectors.pos, cfg), codes(sae, vectors.neg, cfg)
@@ -262,6 +301,7 @@ ROBUSTNESS_GRID = {
     "code": [("argmax", 1), ("topk", 2), ("topk", 3)],
     "l1_coeff": [None, 0.1, 0.3, 1.0, 3.0],
     "seed": [0, 1, 2, 3, 4],
+    "normalize": list(NORMALIZE),
 }
 
 
