@@ -177,3 +177,22 @@ def test_compare_table_has_every_method(setting):
     for r in rows:
         assert r["model"] == ORGANISM and 0.0 <= r["node_auc"] <= 1.0 and r["seconds"] > 0
         assert r["gt_nodes"] == len(setting[2].nodes)
+
+
+def test_compare_cli_passes_method_parameters(setting, capsys):
+    """``circuit compare --param discrete_codes.normalize=unit`` runs the method with that parameter:
+    its row equals a direct run with it, and the result records the parameters."""
+    import json
+
+    from mechscope.cli import main
+
+    assert main(["circuit", "compare", "--models", ORGANISM, "--methods", "discrete_codes", "--n", "16",
+                 "--param", "discrete_codes.normalize=unit", "--param", "discrete_codes.n_latents=64", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["params"] == {"discrete_codes": {"normalize": "unit", "n_latents": 64}}
+    model, task, truth = load_task_and_truth(ORGANISM, n=16, seed=0)
+    direct = find_circuit(model, task, "discrete_codes", normalize="unit", n_latents=64)
+    assert result["rows"][0]["node_auc"] == pytest.approx(score_circuit(direct, truth, Graph.of(model))["nodes"]["auc"])
+    for bad, message in (("normalize=unit", "expects METHOD.KEY=VALUE"), ("discrete_code.normalize=unit", "unknown circuit method 'discrete_code'")):
+        assert main(["circuit", "compare", "--models", ORGANISM, "--methods", "eap", "--param", bad]) == 2
+        assert message in capsys.readouterr().err

@@ -12,6 +12,7 @@ EXAMPLES = """examples:
   mechscope circuit find --model gpt2-small --task ioi --method eap_ig    # needs the GPT-2 weights locally
   mechscope circuit compare                                # every method x every zoo organism -> table
   mechscope circuit compare --methods discrete_codes eap acdc --json --out compare.json
+  mechscope circuit compare --methods discrete_codes --param discrete_codes.normalize=unit
   mechscope circuit compare --models gpt2-small attn-only-4l   # the paper's setting, published ground truths
   mechscope circuit score ioi.circuit.json --ground-truth zoo:ioi-2l
   mechscope circuit robustness --model zoo:ioi-2l --json   # discrete-code AUC under each parameter change"""
@@ -47,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--methods", nargs="+", default=None, help="methods (default: all)")
     a.add_argument("--n", type=int, default=64)
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="a parameter of one method (JSON value), repeatable: discrete_codes.normalize=unit, acdc.n_thresholds=12")
     a.add_argument("--threads", type=int, default=None)
     a.add_argument("--out", default=None, help="also write the JSON result here")
     a.add_argument("--json", action="store_true")
@@ -89,6 +92,23 @@ def _params(items: list[str]) -> dict:
             out[k] = json.loads(v)
         except json.JSONDecodeError:
             out[k] = v
+    return out
+
+
+def _method_params(items: list[str]) -> dict[str, dict]:
+    """``["acdc.n_thresholds=12", ...]`` -> ``{"acdc": {"n_thresholds": 12}}``."""
+    from mechscope.circuits.errors import UnknownMethodError
+    from mechscope.circuits.methods import METHODS
+    from mechscope.errors import ConfigError
+
+    out: dict[str, dict] = {}
+    for item in items:
+        method, dot, rest = item.partition(".")
+        if not dot or "=" not in rest:
+            raise ConfigError(f"--param expects METHOD.KEY=VALUE (e.g. discrete_codes.normalize=unit), found {item!r}")
+        if method not in METHODS:
+            raise UnknownMethodError(method, list(METHODS))
+        out.setdefault(method, {}).update(_params([rest]))
     return out
 
 
@@ -153,7 +173,8 @@ def _compare(args) -> int:
 
     _threads(args.threads)
     progress = None if args.json else (lambda msg: print(f"[circuit compare] {msg}", flush=True))
-    result = compare(models=args.models, methods=args.methods, n=args.n, seed=args.seed, progress=progress)
+    result = compare(models=args.models, methods=args.methods, n=args.n, seed=args.seed, progress=progress,
+                     params=_method_params(args.param))
     if args.out:
         from mechscope.files import write_json
 

@@ -121,7 +121,7 @@ def compare(models: list[str] | None = None, methods: list[str] | None = None, n
                 row = comparison_row(spec, task, circuit, truth, graph)
                 row["wall_seconds"] = round(time.perf_counter() - t0, 3)
                 rows.append(row)
-    return {"rows": rows, "settings": info, "n": n, "seed": seed, "split": split}
+    return {"rows": rows, "settings": info, "n": n, "seed": seed, "split": split, "params": params or {}}
 
 
 def format_table(result: dict) -> str:
