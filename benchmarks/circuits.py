@@ -26,7 +26,8 @@ converted into a mechscope ``Circuit`` and scored by ``score_circuit`` against t
 truth; ``seconds`` = auto-circuit's call only, ``setup_seconds`` = copying and wrapping the model);
 a peer that cannot run gets ``status`` ``"unsupported"`` / ``"error"`` and the exception text.
 ``discrete_codes_seeds``: the discrete-code method's node / edge AUC for SAE seeds 0-4 (its only
-random part); the goal compares their medians with ACDC.
+random part); the goal compares their medians with ACDC. ``discrete_codes_normalize``: the same
+medians with ``normalize="unit"`` / ``"center"`` (options beyond the paper; not part of the goal).
 ``summary``: ``discrete_codes_seconds``, ``acdc_seconds`` (mechscope's ACDC), ``speedup_vs_acdc``
 and whether each part of the goal is met (``goal_met``: all parts; ``goal_met_nodes``: time, speedup
 and node AUC — the paper's comparison is on heads); also ``speedup_vs_auto_circuit_acdc``.
@@ -146,13 +147,25 @@ def run_peers(model, task, truth, graph, ours: dict, methods: list[str], peer_me
 SAE_SEEDS = [0, 1, 2, 3, 4]
 
 
-def discrete_code_seeds(model, task, truth) -> list[dict]:
+def discrete_code_seeds(model, task, truth, normalize: str = "none") -> list[dict]:
     """The discrete-code method's AUCs over SAE seeds (its only random part; see ``robustness``)."""
-    from mechscope.circuits.discrete_codes import robustness
+    from mechscope.circuits.discrete_codes import CodeConfig, robustness
 
-    say(f"{task.name} / discrete_codes over SAE seeds {SAE_SEEDS}")
-    runs = robustness(model, task, truth, grid={"seed": SAE_SEEDS})["parameters"]["seed"]["runs"]
+    say(f"{task.name} / discrete_codes (normalize={normalize}) over SAE seeds {SAE_SEEDS}")
+    runs = robustness(model, task, truth, grid={"seed": SAE_SEEDS}, base=CodeConfig(normalize=normalize))["parameters"]["seed"]["runs"]
     return [{"seed": r["value"], "node_auc": r["node_auc"], "edge_auc": r["edge_auc"]} for r in runs]
+
+
+def normalisation_variants(model, task, truth) -> dict:
+    """Median node / edge AUC over SAE seeds with each non-paper ``normalize`` option (not part of the goal)."""
+    from mechscope.circuits.discrete_codes import NORMALIZE
+
+    out = {}
+    for norm in NORMALIZE[1:]:
+        runs = discrete_code_seeds(model, task, truth, norm)
+        out[norm] = {"median_node_auc": _median([r["node_auc"] for r in runs]), "median_edge_auc": _median([r["edge_auc"] for r in runs]),
+                     "seeds": runs}
+    return out
 
 
 def _median(values: list) -> float | None:
@@ -252,9 +265,11 @@ def main(argv: list[str] | None = None) -> dict:
             ours[method] = circuit
         peers = [] if args.no_peers else run_peers(model, task, truth, graph, ours, args.peer_methods, args.peer_metric)
         seeds = discrete_code_seeds(model, task, truth) if "discrete_codes" in args.methods else None
+        variants = normalisation_variants(model, task, truth) if "discrete_codes" in args.methods else None
         tasks.append({"model": spec, "task": task.name, "variant": task.variant, "n_prompts": len(task), "seq_len": task.seq_len,
                       "metric": task.default_metric, "graph": repr(graph), "ground_truth_nodes": list(truth.nodes),
                       "ground_truth_edges": len(truth.edges or []), "methods": rows, "peers": peers, "discrete_codes_seeds": seeds,
+                      "discrete_codes_normalize": variants,
                       "summary": summarize(rows, peers, seeds)})
 
     goals = [t["summary"].get("goal_met") for t in tasks]
