@@ -70,6 +70,7 @@ def test_compare_runs_the_published_settings(gpt2_hub):
 
 
 def test_find_scores_a_published_model_against_its_circuit(gpt2_hub):
+    """``find`` on a published model and task scores against the published circuit by default."""
     out = _mechscope(gpt2_hub, "circuit", "find", "--model", "gpt2-small", "--task", "ioi", "--method", "eap", "--n", "8",
                      "--threads", "1", "--json")
     assert out["model"] == "gpt2-small" and out["task"] == "ioi"
@@ -77,3 +78,7 @@ def test_find_scores_a_published_model_against_its_circuit(gpt2_hub):
     nodes, edges = out["scores"]["nodes"], out["scores"]["edges"]
     assert (nodes["n_truth"], nodes["n_candidates"]) == (len(truth.nodes), 12 * 12 + 12)  # heads and MLPs; every published head is one
     assert edges["n_truth"] == len(truth.edges) and 0.0 <= edges["auc"] <= 1.0
+    # a task with no published circuit for this model still runs, unscored
+    other = _mechscope(gpt2_hub, "circuit", "find", "--model", "gpt2-small", "--task", "induction", "--method", "eap", "--n", "8",
+                       "--threads", "1", "--json")
+    assert other["task"] == "induction" and "scores" not in other and other["top_nodes"]

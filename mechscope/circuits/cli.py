@@ -143,7 +143,8 @@ def _find(args) -> int:
         raise UnknownMethodError(args.method, list(METHODS))
     _threads(args.threads)
     truth = None
-    if (args.model.startswith("zoo:") or args.model in PUBLISHED) and args.variant is None:
+    published = args.model in PUBLISHED and (args.task is None or args.task.replace("-", "_") in [o[0] for o in PUBLISHED[args.model]])
+    if (args.model.startswith("zoo:") or published) and args.variant is None:  # other tasks on gpt2-small: no ground truth
         model, task, truth = load_task_and_truth(args.model, args.task, n=args.n, seed=args.seed, split=args.split)
     else:
         from mechscope.errors import ConfigError
