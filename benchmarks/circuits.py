@@ -250,9 +250,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("no organisms to benchmark: none with a model card is shipped (mechscope zoo list); pass --models zoo:NAME")
 
     load_before = os.getloadavg()
-    tasks = []
+    tasks, loaded = [], {}
     for n, spec in ((n, spec) for n in counts for spec in models):
-        model, task, truth = load_task_and_truth(spec, n=n, seed=args.seed, split=args.split)
+        model, task, truth = load_task_and_truth(spec, n=n, seed=args.seed, split=args.split, model=loaded.get(spec))
+        loaded[spec] = model
         graph = Graph.of(model)
         rows, ours = [], {}
         for method in args.methods:

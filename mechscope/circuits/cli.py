@@ -130,7 +130,7 @@ def _summary(circuit, scores) -> dict:
 
 
 def _find(args) -> int:
-    from mechscope.circuits.compare import PUBLISHED, load_task_and_truth
+    from mechscope.circuits.compare import load_task_and_truth, published_tasks
     from mechscope.circuits.graph import Graph
     from mechscope.circuits.methods import METHODS, find_circuit
     from mechscope.circuits.errors import UnknownMethodError
@@ -143,7 +143,8 @@ def _find(args) -> int:
         raise UnknownMethodError(args.method, list(METHODS))
     _threads(args.threads)
     truth = None
-    published = args.model in PUBLISHED and (args.task is None or args.task.replace("-", "_") in [o[0] for o in PUBLISHED[args.model]])
+    known = published_tasks(args.model)
+    published = bool(known) and (args.task is None or args.task.replace("-", "_") in known)
     if (args.model.startswith("zoo:") or published) and args.variant is None:  # other tasks on gpt2-small: no ground truth
         model, task, truth = load_task_and_truth(args.model, args.task, n=args.n, seed=args.seed, split=args.split)
     else:

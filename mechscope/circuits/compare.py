@@ -26,6 +26,11 @@ DEFAULT_N = 64
 DEFAULT_SPLIT = "heldout"
 
 
+def published_tasks(spec: str) -> list[str]:
+    """The tasks with a published circuit for model ``spec`` (``[]`` for any other model)."""
+    return [o[0] for o in PUBLISHED.get(spec, [])]
+
+
 def settings(include_published: bool = False) -> list[str]:
     """Model specs ``compare`` runs by default: every zoo organism (``zoo:NAME``) with a model card
     (its verified circuit is the ground truth; one whose training has not finished has none), plus
@@ -62,7 +67,7 @@ def load_task_and_truth(spec: str, task: str | None = None, n: int = DEFAULT_N, 
         task = options[0][0]
     match = [o for o in options if o[0] == task.replace("-", "_")]
     if not match:
-        raise CircuitError(f"{spec!r} has published circuits for {[o[0] for o in options]}, not {task!r}")
+        raise CircuitError(f"{spec!r} has published circuits for {published_tasks(spec)}, not {task!r}")
     name, variant, gt = match[0]
     model = model if model is not None else load_model(spec, device=device)
     return model, make_task(name, model.tokenizer, n=n, seed=seed, split=split, variant=variant), load_ground_truth(gt)
@@ -106,7 +111,7 @@ def compare(models: list[str] | None = None, methods: list[str] | None = None, n
     rows = []
     info = {}
     for spec in models:
-        task_names = [None] if spec.startswith("zoo:") else (tasks or {}).get(spec, [o[0] for o in PUBLISHED.get(spec, [])]) or [None]
+        task_names = [None] if spec.startswith("zoo:") else (tasks or {}).get(spec, published_tasks(spec)) or [None]
         model = None  # loaded once per spec, whatever the number of its tasks
         for task_name in task_names:
             model, task, truth = load_task_and_truth(spec, task_name, n=n, seed=seed, split=split, model=model)
