@@ -52,17 +52,67 @@ def test_wrong_format_and_specs(tmp_path):
         load_model(42)
 
 
-def test_local_hf_directory_through_transformer_lens(tmp_path):
+def test_local_hf_directory_through_transformer_bridge(tmp_path):
+    """A GPT-2 directory written by transformers 5 lacks ``n_ctx``, which TransformerLens's
+    converter reads: the model loads through TransformerBridge with a warning saying why, runs with
+    TL hook names, and the circuit graph (which needs per-head hooks) refuses it by name."""
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mechscope.circuits import CircuitError, Graph
 
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=120, n_positions=32)).eval()
     hf.save_pretrained(tmp_path / "gpt2-tiny")
-    model = load_model(tmp_path / "gpt2-tiny", device="cpu")
-    assert model.kind == "transformer_lens"
+    with pytest.warns(UserWarning, match="n_ctx.*TransformerBridge"):
+        model = load_model(tmp_path / "gpt2-tiny", device="cpu")
+    assert model.kind == "transformer_lens" and model.meta["backend"] == "TransformerBridge"
     assert "blocks.1.attn.hook_z" in list_hooks(model)
     tokens = torch.randint(0, 120, (2, 8), generator=torch.Generator().manual_seed(0))
     out, cache = run_with_cache(model, tokens, ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"], return_output=True)
     # compatibility mode centres the unembedding: logits move by a per-position constant
     torch.testing.assert_close(out.log_softmax(-1), hf(tokens).logits.log_softmax(-1), atol=1e-4, rtol=1e-4)
     assert cache["blocks.1.hook_resid_post"].shape == (2, 8, 32)
+    with pytest.raises(CircuitError, match="TransformerBridge"):
+        Graph.of(model)
+
+
+def _hf_dir(tmp_path, kind: str):
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=120, n_positions=32))
+    elif kind == "neox":  # Pythia's architecture: parallel attention and MLP, rotary positions
+        hf = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=120, max_position_embeddings=32, hidden_size=32, num_hidden_layers=2,
+                                              num_attention_heads=4, intermediate_size=64))
+    else:  # Llama: RMSNorm, rotary, gated MLP, grouped-query attention
+        hf = LlamaForCausalLM(LlamaConfig(vocab_size=120, max_position_embeddings=32, hidden_size=32, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=64))
+    hf.eval().save_pretrained(tmp_path / kind)
+    if kind == "gpt2":  # as in GPT-2's hub config (transformers 5 no longer writes it; TransformerLens reads it)
+        cfg = json.loads((tmp_path / kind / "config.json").read_text())
+        (tmp_path / kind / "config.json").write_text(json.dumps({**cfg, "n_ctx": 32}))
+    return hf, tmp_path / kind
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "neox", "llama"])
+def test_local_hf_directory_as_a_hooked_transformer(tmp_path, kind):
+    """Architectures TransformerLens converts load as a classic HookedTransformer with the HF
+    model's exact logits, so the circuit graph (per-head hooks) applies to them."""
+    import warnings
+
+    from mechscope.circuits import Graph
+    from mechscope.circuits.forward import source_outputs
+
+    hf, path = _hf_dir(tmp_path, kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback warning
+        model = load_model(path, device="cpu")
+    assert type(model.module).__name__ == "HookedTransformer" and model.meta["backend"] == "HookedTransformer"
+    tokens = torch.randint(0, 120, (2, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model.module(tokens), hf(tokens).logits, atol=1e-4, rtol=1e-4)
+    graph = Graph.of(model)
+    assert graph.parallel_attn_mlp == (kind == "neox")
+    assert source_outputs(model, tokens, graph).shape == (2, 8, len(graph.sources), 32)
+

@@ -17,6 +17,17 @@ an MLP's input (``blocks.L.hook_mlp_in``, before LayerNorm) and the final residu
 
 **Edges**: every (source, receiver) pair where the source runs before the receiver: a source in
 an earlier layer, or a head feeding the MLP of its own layer; ``embed`` feeds everything.
+In parallel blocks (GPT-J, GPT-NeoX / Pythia: ``cfg.parallel_attn_mlp``) attention and MLP both
+read the block's input, so a head does not feed the MLP of its own layer.
+
+Grouped-query attention (``cfg.n_key_value_heads < n_heads``): every query head has its own key
+and value receivers; the hooks run the model with TransformerLens's
+``ungroup_grouped_query_attention`` on (numerically the same forward), so that a head's key /
+value input can be patched without touching the other heads of its group.
+
+Models whose heads' writes do not add up to the residual stream — a norm applied to the summed
+attention output (Gemma 2's ``use_normalization_before_and_after``, OLMo 2's post-norm) — have no
+such graph and are refused.
 **Nodes** scored against a ground truth: the heads and MLPs (``embed`` and ``logits`` are always
 in a circuit).
 """
@@ -34,6 +45,17 @@ from mechscope.circuits.errors import CircuitError
 CHANNELS = ("q", "k", "v")
 
 
+def _post_norm_architectures() -> set[str]:
+    """TransformerLens's post-norm architectures (a set that older TransformerLens releases lack)."""
+    import importlib
+
+    try:
+        arch = importlib.import_module("transformer_lens.utilities.architectures")
+    except ModuleNotFoundError:
+        return set()
+    return set(getattr(arch, "POST_NORM_ARCHITECTURES", ()))
+
+
 @dataclass(frozen=True)
 class Graph:
     """Sources, receivers and edges of a transformer with ``n_layers`` x ``n_heads`` heads."""
@@ -41,6 +63,7 @@ class Graph:
     n_layers: int
     n_heads: int
     has_mlp: bool
+    parallel_attn_mlp: bool = False
 
     @classmethod
     def of(cls, model) -> "Graph":
@@ -49,11 +72,19 @@ class Graph:
         cfg = getattr(module, "cfg", None)
         if cfg is None or not hasattr(cfg, "n_heads"):
             raise CircuitError(f"circuit methods need a TransformerLens HookedTransformer; found {type(module).__name__}")
-        if getattr(cfg, "parallel_attn_mlp", False):
-            raise CircuitError("parallel attention/MLP blocks (GPT-J style) are not supported by the circuit graph")
-        if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads) and not getattr(cfg, "ungroup_grouped_query_attention", False):
-            raise CircuitError(f"grouped-query attention ({cfg.n_key_value_heads} KV heads for {cfg.n_heads} heads) is not supported")
-        return cls(int(cfg.n_layers), int(cfg.n_heads), not bool(cfg.attn_only))
+        if type(module).__name__ == "TransformerBridge":
+            raise CircuitError("circuit methods need a classic TransformerLens HookedTransformer (per-head hook_z, hook_q_input, ...); "
+                               "this model was loaded through TransformerBridge because TransformerLens could not convert it "
+                               "(load_model warned why)")
+        if getattr(cfg, "use_normalization_before_and_after", False):
+            raise CircuitError("this model normalises the summed attention and MLP outputs before adding them to the residual stream "
+                               "(use_normalization_before_and_after, as in Gemma 2): a head's write is not z @ W_O, so the circuit graph "
+                               "does not apply")
+        if getattr(cfg, "original_architecture", None) in _post_norm_architectures():
+            raise CircuitError(f"{cfg.original_architecture} is a post-norm architecture (a norm on the summed attention output): "
+                               "a head's write is not z @ W_O, so the circuit graph does not apply")
+        attn_only = bool(cfg.attn_only)
+        return cls(int(cfg.n_layers), int(cfg.n_heads), not attn_only, bool(getattr(cfg, "parallel_attn_mlp", False)) and not attn_only)
 
     @classmethod
     def of_circuit(cls, circuit) -> "Graph":
@@ -62,7 +93,18 @@ class Graph:
         if not g:
             raise CircuitError(f"circuit {circuit.method!r} on {circuit.model!r} records no graph (metadata.graph); "
                                "load the model and use Graph.of(model)")
-        return cls(int(g["n_layers"]), int(g["n_heads"]), bool(g["has_mlp"]))
+        return cls.from_dict(g)
+
+    def to_dict(self) -> dict:
+        """What a circuit records as ``metadata["graph"]``."""
+        out = {"n_layers": self.n_layers, "n_heads": self.n_heads, "has_mlp": self.has_mlp}
+        if self.parallel_attn_mlp:
+            out["parallel_attn_mlp"] = True
+        return out
+
+    @classmethod
+    def from_dict(cls, g: dict) -> "Graph":
+        return cls(int(g["n_layers"]), int(g["n_heads"]), bool(g["has_mlp"]), bool(g.get("parallel_attn_mlp", False)))
 
     # ---- names --------------------------------------------------------------------------
     @cached_property
@@ -106,10 +148,11 @@ class Graph:
         return int(src.split(".")[0])
 
     def receiver_layer(self, dst: str) -> float:
+        """Position of a receiver in forward order; a parallel block's MLP reads where its heads read."""
         if dst == "logits":
             return self.n_layers
         if dst.startswith("mlp"):
-            return int(dst[3:]) + 0.5
+            return int(dst[3:]) + (0 if self.parallel_attn_mlp else 0.5)
         return int(dst.split(".")[0])
 
     # ---- edges --------------------------------------------------------------------------
@@ -159,5 +202,6 @@ class Graph:
         return sum(1 for s in self.sources if self.source_layer(s) < layer)
 
     def __repr__(self) -> str:
-        return (f"Graph({self.n_layers} layers x {self.n_heads} heads{' + MLPs' if self.has_mlp else ''}: "
+        mlps = (" + parallel MLPs" if self.parallel_attn_mlp else " + MLPs") if self.has_mlp else ""
+        return (f"Graph({self.n_layers} layers x {self.n_heads} heads{mlps}: "
                 f"{len(self.nodes)} nodes, {len(self.edges)} edges)")

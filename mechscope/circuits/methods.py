@@ -46,5 +46,5 @@ def find_circuit(model, task, method: str, **params) -> Circuit:
     from mechscope.circuits.graph import Graph
 
     g = Graph.of(model)
-    circuit.metadata.setdefault("graph", {"n_layers": g.n_layers, "n_heads": g.n_heads, "has_mlp": g.has_mlp})
+    circuit.metadata.setdefault("graph", g.to_dict())
     return circuit

@@ -191,7 +191,7 @@ def to_circuit(pm, prune_scores: dict, graph: Graph, model_name: str, task_name:
     return Circuit(model=model_name, task=task_name, method=f"auto-circuit:{method}", node_scores=node_scores, edge_scores=edge_scores,
                    params=params or {}, runtime_s=runtime_s,
                    metadata={"citation": CITATION, "library": "auto-circuit", **(metadata or {}),
-                             "graph": {"n_layers": graph.n_layers, "n_heads": graph.n_heads, "has_mlp": graph.has_mlp}})
+                             "graph": graph.to_dict()})
 
 
 @contextlib.contextmanager

@@ -71,7 +71,7 @@ def sample_circuit(model_name: str, n_layers: int = 2, n_heads: int = 4, seed: i
     edges = [list(e.split("->")) for e in sorted(edge_scores, key=lambda e: -edge_scores[e])[:6]]
     circuit = Circuit(model=model_name, task="induction", method="sample", node_scores=node_scores, edge_scores=edge_scores,
                       nodes=nodes, edges=edges, params={"seed": seed}, runtime_s=0.0,
-                      metadata={"graph": {"n_layers": n_layers, "n_heads": n_heads, "has_mlp": True}})
+                      metadata={"graph": graph.to_dict()})
     truth = GroundTruth(model=model_name, task="induction", nodes=truth_nodes, edges=truth_edges,
                         citation="explorer sample (synthetic)", source="mechscope.explorer.sample")
     return circuit, truth

@@ -111,7 +111,12 @@ def _tl_flags(model: Model, names: Iterable[str]) -> Iterator[None]:
         yield
         return
     cfg = model.module.cfg
+    names = list(names)
     need = {flag for n in names for suffix, flag in _TL_FLAGS.items() if n.endswith(suffix)}
+    n_kv = getattr(cfg, "n_key_value_heads", None)
+    if n_kv is not None and n_kv != cfg.n_heads and any(n.endswith(("hook_k_input", "hook_v_input")) for n in names):
+        # grouped-query attention: one key / value input per query head, so that each head's can be edited alone
+        need.add("ungroup_grouped_query_attention")
     old = {flag: getattr(cfg, flag) for flag in need if hasattr(cfg, flag)}
     for flag in old:
         setattr(cfg, flag, True)

@@ -4,8 +4,11 @@ Specs, tried in this order:
   * a ``Model`` or any ``torch.nn.Module``  -> wrapped as is;
   * ``"zoo:NAME"`` or a bare zoo name        -> a shipped model organism (``mechscope.zoo``);
   * a directory with a mechscope ``cfg.json`` -> the native format (config + safetensors);
-  * a directory with an HF ``config.json``    -> TransformerLens (TransformerBridge) when it
-    supports the architecture, plain ``transformers`` (module-path hooks) otherwise;
+  * a directory with an HF ``config.json``    -> a TransformerLens ``HookedTransformer`` when
+    TransformerLens converts the architecture and the converted model's logits match the HF
+    model's (what every mechscope room expects: circuits, transcoders, attention SAEs);
+    otherwise TransformerLens's TransformerBridge; plain ``transformers`` (module-path hooks)
+    when neither supports it;
   * a TransformerLens model name              -> ``HookedTransformer.from_pretrained`` (hub; needs network).
 """
 
@@ -18,6 +21,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -149,6 +153,56 @@ def _load_hf_dir(path: Path, device: str) -> Model:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError):
         tokenizer = None  # a weights-only directory: the caller passes token ids
+    module, kind = _hooked_transformer_from_hf_dir(path, tokenizer, device), "transformer_lens"
+    if module is None:
+        module, kind = _bridge_or_transformers(path, tokenizer, device, config)
+    meta = {"spec": str(path), "backend": type(module).__name__, "architectures": config.get("architectures"), "config_sha256": hashlib.sha256((path / "config.json").read_bytes()).hexdigest()}
+    return Model(module=module.eval(), name=str(path), kind=kind, tokenizer=tokenizer, meta=meta)
+
+
+HF_CHECK_TOL = 1e-3  # largest |log-softmax difference| accepted between the converted and the HF model
+
+
+def _hooked_transformer_from_hf_dir(path: Path, tokenizer, device: str):
+    """The directory's model as a classic ``HookedTransformer`` (weights as stored: no LayerNorm
+    folding or centring), or ``None`` with a warning saying why when TransformerLens cannot
+    convert it or the conversion does not reproduce the HF model's next-token distribution."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as tl_loading
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory(prefix="mechscope-hf-") as stage:
+            warnings.simplefilter("ignore")
+            # TransformerLens picks hard-coded configs by substrings of the name ("llama", "gemma"):
+            # it reads the directory through a link with a neutral name so that the config comes from config.json
+            neutral = Path(stage) / "model"
+            neutral.symlink_to(path.resolve(), target_is_directory=True)
+            cfg = tl_loading.get_pretrained_model_config(str(neutral), device=device)
+            cfg.tokenizer_name = None  # the directory's own tokenizer (or none) is set below
+            hf = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+            state = tl_loading.get_pretrained_state_dict(str(neutral), cfg, hf)
+            module = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+            module.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False, center_unembed=False,
+                                               fold_value_biases=False, refactor_factored_attn_matrices=False)
+    except (AttributeError, KeyError, ValueError, NotImplementedError, TypeError, RuntimeError, OSError) as e:
+        warnings.warn(f"TransformerLens cannot convert {path} into a HookedTransformer ({type(e).__name__}: {e}); "
+                      "loading it through TransformerBridge")
+        return None
+    module.eval()
+    tokens = torch.randint(0, min(int(cfg.d_vocab), int(hf.config.vocab_size)), (1, min(8, int(cfg.n_ctx))),
+                           generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        gap = float((module(tokens).log_softmax(-1) - hf(tokens).logits.log_softmax(-1)).abs().max())
+    if not gap <= HF_CHECK_TOL:
+        warnings.warn(f"TransformerLens's conversion of {path} does not reproduce the HF model (log-probabilities differ by "
+                      f"{gap:.3g} > {HF_CHECK_TOL}); loading it through TransformerBridge")
+        return None
+    return module.to(device, print_details=False)
+
+
+def _bridge_or_transformers(path: Path, tokenizer, device: str, config: dict):
+    """TransformerBridge in compatibility mode, or plain ``transformers`` with module-path hooks."""
     try:
         from transformer_lens.model_bridge import TransformerBridge
 
@@ -156,16 +210,14 @@ def _load_hf_dir(path: Path, device: str) -> Model:
             warnings.simplefilter("ignore")
             bridge = TransformerBridge.boot_transformers(str(path), device=device, tokenizer=tokenizer)
         bridge.enable_compatibility_mode()
-        kind, module = "transformer_lens", bridge
+        return bridge, "transformer_lens"
     except (ValueError, KeyError, NotImplementedError) as e:
         # Architecture that TransformerLens does not map: fall back to plain transformers,
         # with module paths as hook names.
         from transformers import AutoModel
 
         warnings.warn(f"TransformerLens does not support {config.get('architectures')}: loading with plain transformers ({e})")
-        module, kind = AutoModel.from_pretrained(str(path)).to(device), "module"
-    meta = {"spec": str(path), "architectures": config.get("architectures"), "config_sha256": hashlib.sha256((path / "config.json").read_bytes()).hexdigest()}
-    return Model(module=module.eval(), name=str(path), kind=kind, tokenizer=tokenizer, meta=meta)
+        return AutoModel.from_pretrained(str(path)).to(device), "module"
 
 
 def _load_transformer_lens_name(name: str, device: str) -> Model:

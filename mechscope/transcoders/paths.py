@@ -238,7 +238,7 @@ def paths_to_circuit(result: PathSearchResult, model, task_name: str = "", *, se
     examples = [str(p) for ps in result.paths[:4] for p in ps[:3]]
     return Circuit(model=model.name, task=task_name, method="transcoder_paths", node_scores=node_scores, edge_scores=edge_scores,
                    nodes=nodes, edges=edges, params={**result.params, "select_fraction": select_fraction}, runtime_s=result.runtime_s,
-                   metadata={"graph": {"n_layers": graph.n_layers, "n_heads": graph.n_heads, "has_mlp": graph.has_mlp},
+                   metadata={"graph": graph.to_dict(),
                              "feature_scores": {k: round(v, 6) for k, v in list(feats.items())[:200]},
                              "n_features_on_paths": len(feats), "example_paths": examples,
                              "mean_root_value": float(torch.tensor(result.root_values).mean()) if result.root_values else 0.0,
