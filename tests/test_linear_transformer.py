@@ -16,13 +16,13 @@ from mechscope.linear import linearize_transformer, logit_diff
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny(normalization_type="LN", attn_only=False, act_fn="gelu_new", gated=False, seed=0):
+def tiny(normalization_type="LN", attn_only=False, act_fn="gelu_new", gated=False, seed=0, **extra):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=4, d_head=4, n_ctx=16, d_vocab=24,
                                   attn_only=attn_only, d_mlp=None if attn_only else 32,
                                   act_fn=None if attn_only else act_fn, normalization_type=normalization_type,
-                                  gated_mlp=gated, seed=seed, device="cpu")
+                                  gated_mlp=gated, seed=seed, device="cpu", **extra)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = HookedTransformer(cfg).eval()
@@ -57,6 +57,29 @@ def test_logit_diff_map_is_exact(norm, attn_only, act, gated):
     assert frozen["frozen_hook"] >= 2  # one attention pattern per layer (+ norm scales)
     if not attn_only:
         assert frozen["act_gate" if gated else "act_gain"] == 2
+
+
+ARCHITECTURES = {
+    "neox_parallel_rotary": dict(parallel_attn_mlp=True, positional_embedding_type="rotary", rotary_dim=4),
+    "llama_gqa": dict(normalization_type="RMS", act_fn="silu", gated=True, positional_embedding_type="rotary", n_key_value_heads=2),
+    "alibi": dict(positional_embedding_type="alibi"),  # builds its bias table on the first call
+    "qk_norm": dict(normalization_type="RMS", use_qk_norm=True, positional_embedding_type="rotary"),
+    "gemma2_softcaps": dict(normalization_type="RMS", use_normalization_before_and_after=True, attn_scores_soft_cap=5.0,
+                            output_logits_soft_cap=3.0),
+    "local_attention": dict(use_local_attn=True, window_size=3, attn_types=["local", "global"]),
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_other_architectures_are_exact(arch):
+    """Parallel blocks, rotary / ALiBi positions, grouped-query attention, QK norms, Gemma 2's
+    post-norms and logit soft-cap, local attention: the frozen map reproduces the logits."""
+    model = tiny(**ARCHITECTURES[arch])
+    amap = linearize_transformer(model, TOKENS)  # verify=True: A x0 + c == f(x0) and A is linear
+    with torch.no_grad():
+        logits = model(TOKENS[None])[0, -1]
+    torch.testing.assert_close(amap.apply(amap.x0) + amap.bias, logits, atol=1e-4, rtol=1e-4)
+    assert amap.adjoint_error() < 1e-5
 
 
 def test_vector_readout_dense_equals_jacrev_and_bias_is_nonzero():

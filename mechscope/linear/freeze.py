@@ -1497,6 +1497,10 @@ class FrozenNetwork:
         self.device = x0.device
         self.x0 = x0.detach().clone()
         with torch.no_grad():
+            if self.root is not None and not any(m.training for m in self.root.modules()):
+                # one plain pass first: a model that builds a cache on its first call (ALiBi
+                # tables, rotary sin/cos) then makes the same calls when recording and replaying
+                fn(self.x0)
             self.y0 = self._run(self.x0, "record").detach()
         self.out_shape = tuple(self.y0.shape)
 
