@@ -57,6 +57,22 @@ def test_string_search_solves_simple_functions(fn, words):
     assert words.lower() in rec["interpretation"]["description"].lower()
 
 
+@pytest.mark.parametrize("fn, words", [
+    (lambda s: s + str(len(s)), "the string, then (the number of characters)"),
+    (lambda s: s + "|" + s[::-1], "'|', then (reverse the string)"),
+    (lambda s: s[:3] + s[-3:], "(keep the first 3 characters), then (keep the last 3 characters)"),
+    (lambda s: f"{sum(c in 'aeiouAEIOU' for c in s)} vowels", "(the number of vowels), then ' vowels'"),
+    (lambda s: len(s) % 5, "modulo 5"),
+    (lambda s: 3 * s.lower().count("e") + 1, "multiply the result by 3 and add 1"),
+    (lambda s: s[-1] + s[1:-1] + s[0] if len(s) > 1 else s, "swap the first and last characters"),
+])
+def test_string_search_concatenations_and_count_arithmetic(fn, words):
+    """Two pieces joined by a separator read off the outputs; arithmetic on a count."""
+    rec = evaluate(fn, StringSearchInterpreter(), "string", "mixed")
+    assert rec["exact"] == 1.0, rec["interpretation"]["description"]
+    assert words.lower() in rec["interpretation"]["description"].lower()
+
+
 def test_neuron_interpreter_names_the_concept():
     suite = generate_suite(3, 1, categories=("neuron",), families={"neuron": ["concept", "polysemantic"]})
     res = run_suite(suite, NeuronInterpreter())

@@ -60,6 +60,12 @@ class Function:
             self.domain = (lo, hi)
         elif self.domain is None:
             self.domain = "mixed" if self.category == "string" else "vocab"
+        if self.category == "string":
+            from mechscope.find.inputs import STRING_DISTRIBUTIONS
+
+            if self.domain not in STRING_DISTRIBUTIONS:
+                raise ConfigError(f"function {self.id!r}: a string function's domain names its input distribution, one of "
+                                  f"{STRING_DISTRIBUTIONS}; found {self.domain!r}")
         if self.corrupted_interval is not None:
             self.corrupted_interval = _pair(self.corrupted_interval, f"function {self.id!r}: corrupted_interval")
         if not (isinstance(self.noise, (int, float)) and self.noise >= 0 and math.isfinite(self.noise)):

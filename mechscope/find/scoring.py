@@ -16,6 +16,13 @@ mean. It is bounded, so one wild function cannot dominate a category mean, and i
 reward predicting the mean. Points where the interpreter's code raises or is not finite count
 as predictions of 0 (as if the code were missing there).
 
+Ground truths that draw random numbers (noise written into the code rather than in
+``Function.noise``) are detected by evaluating them twice; they are then scored against their
+mean over ``TRUTH_SAMPLES`` draws per input (strings: the most frequent output), so that an
+interpretation of the deterministic part can reach a score of 1 and the truth's own code scores
+near 1 instead of the noise's floor. Scoring seeds Python's and NumPy's global generators (and
+restores them), so it is reproducible.
+
 Corrupted intervals: ``iou`` of the predicted and true intervals (only when the function
 has one; a missing prediction scores 0). String code: the fraction of held-out inputs whose
 output matches exactly (``exact``). Neuron code: Pearson correlation of predicted and true
@@ -25,7 +32,10 @@ is configured; for neurons also offline keyword matching (``meta["keywords"]``).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
+from collections import Counter
 from typing import Any, Callable
 
 import numpy as np
@@ -37,6 +47,43 @@ from mechscope.find.protocol import BlackBoxHandle, Interpretation
 
 SCORE_TAU = 0.1
 N_HELDOUT = {"numeric": 2000, "string": 300}
+TRUTH_SAMPLES = 32
+
+
+@contextlib.contextmanager
+def seeded_global_rngs(seed: int):
+    """Seed ``random`` and ``np.random`` (the generators function code uses) and restore them after."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(int(seed) & 0xFFFFFFFF)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def is_stochastic(fn: Callable, inputs, numeric: bool) -> bool:
+    """Whether two evaluations of ``fn`` on ``inputs`` differ (it draws random numbers)."""
+    a, _ = _safe_eval(fn, inputs, numeric)
+    b, _ = _safe_eval(fn, inputs, numeric)
+    if numeric:
+        return not np.array_equal(np.asarray(a, dtype=float), np.asarray(b, dtype=float), equal_nan=True)
+    return a != b
+
+
+def expected(fn: Callable, numeric: bool, k: int = TRUTH_SAMPLES) -> Callable:
+    """``x -> `` the mean of ``k`` evaluations of a stochastic ``fn`` (non-numeric: the most frequent output)."""
+    def mean_fn(x):
+        ys = [float(fn(x)) for _ in range(k)]
+        return float(np.mean(ys))
+
+    def mode_fn(x):
+        outs = [fn(x) for _ in range(k)]
+        top = Counter(repr(y) for y in outs).most_common(1)[0][0]
+        return next(y for y in outs if repr(y) == top)
+
+    return mean_fn if numeric else mode_fn
 
 
 def numeric_heldout(domain: tuple[float, float], n: int, seed: int) -> np.ndarray:
@@ -127,8 +174,14 @@ def neuron_correlation(truth: Callable, pred: Callable, words: list[str]) -> dic
     yt, _ = _safe_eval(truth, words, True)
     yp, bad = _safe_eval(pred, words, True)
     yt, yp = np.asarray(yt), np.asarray(yp)
-    r = 0.0 if yt.std() == 0 or yp.std() == 0 else float(np.corrcoef(yt, yp)[0, 1])
+    r = 0.0 if _constant(yt) or _constant(yp) else float(np.corrcoef(yt, yp)[0, 1])
     return {"corr": r, "score": max(0.0, r), "pred_failures": bad, "n": len(words)}
+
+
+def _constant(y: np.ndarray) -> bool:
+    """No variation beyond float rounding (a correlation with it is undefined)."""
+    y = y[np.isfinite(y)]
+    return y.size < 2 or float(np.ptp(y)) <= 1e-9 * max(1.0, float(np.abs(y).max()))
 
 
 def keyword_match(description: str, groups: list[list[str]]) -> float | None:
@@ -148,7 +201,11 @@ def score_interpretation(function: Function, interp: Interpretation, handle: Bla
     scorers exclude inputs the interpreter already queried. ``truth`` replaces the function's
     compiled code (to score against any callable).
     """
-    truth = truth or function.compile()
+    with seeded_global_rngs(function.seed + 314159):
+        return _score(function, interp, handle, judge, n_heldout, truth or function.compile())
+
+
+def _score(function: Function, interp: Interpretation, handle, judge, n_heldout, truth: Callable) -> dict:
     out: dict[str, Any] = {"code_error": None}
     try:
         pred = compile_code(interp.code or "", what="interpretation code")
@@ -156,6 +213,12 @@ def score_interpretation(function: Function, interp: Interpretation, handle: Bla
         out["code_error"] = str(e)
         pred = (lambda x: 0.0) if function.category != "string" else (lambda s: None)
     seen = set(handle.queried_inputs()) if handle is not None else set()
+    numeric = function.category != "string"
+    probe = numeric_heldout(function.domain, 128, function.seed + 7) if function.category == "numeric" else \
+        string_inputs(str(function.domain), 64, function.seed + 7) if function.category == "string" else lexicon()[::8]
+    out["stochastic_truth"] = is_stochastic(truth, probe, numeric)
+    if out["stochastic_truth"]:
+        truth = expected(truth, numeric)
     if function.category == "numeric":
         xs = numeric_heldout(function.domain, n_heldout or N_HELDOUT["numeric"], function.seed)
         out.update(numeric_errors(truth, pred, xs))

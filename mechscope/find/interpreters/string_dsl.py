@@ -81,6 +81,9 @@ def _ops() -> list[Op]:
         Op("middle_char", "return s[len(s) // 2] if s else ''", "the middle character"),
         Op("vowels_only", "return ''.join(c for c in s if c.lower() in 'aeiou')", "keep only the vowels"),
         Op("letters_only", "return ''.join(c for c in s if c.isalpha())", "keep only the letters"),
+        Op("swap_ends", "return s[-1] + s[1:-1] + s[0] if len(s) > 1 else s", "swap the first and last characters"),
+        Op("swap_word_ends", "return ' '.join(w[-1] + w[1:-1] + w[0] if len(w) > 1 else w for w in s.split(' '))",
+           "swap the first and last letters of each word"),
     ]
     for k in (2, 3, 4):
         ops.append(Op(f"first{k}words", f"return ' '.join(s.split()[:{k}])", f"keep the first {k} words"))
@@ -123,6 +126,14 @@ def _counts() -> list[Op]:
     ]
 
 
+def _as_text(count: Op) -> Op:
+    """A count written as text (``str(len(s))``), to be concatenated with other pieces."""
+    expr = count.body.removeprefix("return ")
+    return Op(f"{count.name}_text", f"return str({expr})", count.desc)
+
+
 OPS: list[Op] = _ops()
 COUNTS: list[Op] = _counts()
+COUNTS_AS_TEXT: list[Op] = [_as_text(c) for c in COUNTS]
 IDENTITY = Op("identity", "return s", "leave the string unchanged")
+EMPTY = Op("empty", "return ''", "nothing")

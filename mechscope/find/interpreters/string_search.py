@@ -4,8 +4,11 @@ Programs are chains of steps: fixed operations (:mod:`.string_dsl`), a *learned 
 map* (each character -> a string, optionally joined by a separator; read off single-character
 probes — this covers substitutions, deletions, duplications, case maps and ciphers with any
 key), a *constant affix* (prefix/suffix read off the common start/end of all outputs) and, for
-integer outputs, a *learned counting set*. The search tries, simplest first: one fixed op; the
-learned map before or after one fixed op; the same inside a constant affix; two fixed ops.
+integer outputs, a *learned counting set* and *count arithmetic* (``a * count + b`` or
+``count % m``, read off the outputs); a *concatenation* ``A(s) + sep + B(s)`` of two pieces (any
+op, the string itself, a count written as text, or nothing; ``sep`` read off the outputs). The
+search tries, simplest first: one fixed op; the learned map before or after one fixed op; the same
+inside a constant affix; a concatenation; two fixed ops.
 The first program consistent with every probe wins; else the one matching the most probes.
 """
 
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from mechscope.find.inputs import string_inputs
-from mechscope.find.interpreters.string_dsl import COUNTS, IDENTITY, OPS, Op
+from mechscope.find.interpreters.string_dsl import COUNTS, COUNTS_AS_TEXT, EMPTY, IDENTITY, OPS, Op
 from mechscope.find.protocol import BlackBoxHandle, Interpretation
 
 SINGLES = list("abcdefghijklmnopqrstuvwxyz") + list("ABCDEFGHIJKLMNOPQRSTUVWXYZ") + list("0123456789") + list(" .,!?-_'")
@@ -45,7 +48,8 @@ def _eq(a: Any, b: Any) -> bool:
 @dataclass
 class Step:
     """One step: ``kind`` is ``op`` (an :class:`Op`), ``map`` (``table``, ``sep``), ``affix``
-    (``pre``, ``suf``) or ``countset`` (``chars``)."""
+    (``pre``, ``suf``), ``countset`` (``chars``), ``concat`` (``op`` + ``sep`` + ``other``) or
+    ``arith`` on a count (``table``: ``a``, ``b`` or ``m``)."""
 
     kind: str
     op: Op | None = None
@@ -54,8 +58,11 @@ class Step:
     pre: str = ""
     suf: str = ""
     chars: frozenset | None = None
+    other: Op | None = None
 
     def __call__(self, s):
+        if self.kind == "arith":
+            return _arith(s, self.table)
         if not isinstance(s, str):
             raise TypeError("string step applied to a non-string")
         if self.kind == "op":
@@ -64,6 +71,8 @@ class Step:
             return self.sep.join(self.table.get(c, c) for c in s)
         if self.kind == "affix":
             return self.pre + s + self.suf
+        if self.kind == "concat":
+            return self.op(s) + self.sep + self.other(s)
         if self.kind == "shifts":
             return _shift_letters(s, self.table["key"], self.table["letters_only"])
         return sum(c in self.chars for c in s)
@@ -76,6 +85,13 @@ class Step:
             return f"_MAP{i} = {table!r}\n\n\ndef _step{i}(s):\n    return {self.sep!r}.join(_MAP{i}.get(c, c) for c in s)\n"
         if self.kind == "affix":
             return f"def _step{i}(s):\n    return {self.pre!r} + s + {self.suf!r}\n"
+        if self.kind == "concat":
+            return (f"def _step{i}a(s):\n    {self.op.body}\n\n\ndef _step{i}b(s):\n    {self.other.body}\n\n\n"
+                    f"def _step{i}(s):\n    return _step{i}a(s) + {self.sep!r} + _step{i}b(s)\n")
+        if self.kind == "arith":
+            t = self.table
+            expr = f"v % {t['m']}" if "m" in t else f"{t['a']!r} * v + {t['b']!r}"
+            return f"def _step{i}(v):\n    return {expr}\n"
         if self.kind == "shifts":
             key, lo = self.table["key"], self.table["letters_only"]
             return (f"def _step{i}(s):\n    out, i = [], 0\n    for c in s:\n        k = {key!r}[i % {len(key)}]\n"
@@ -87,6 +103,14 @@ class Step:
     def describe(self) -> str:
         if self.kind == "op":
             return self.op.desc
+        if self.kind == "concat":
+            pieces = [d for d in (_piece(self.op), repr(self.sep) if self.sep else "", _piece(self.other)) if d]
+            return "write " + ", then ".join(pieces)
+        if self.kind == "arith":
+            t = self.table
+            if "m" in t:
+                return f"take the result modulo {t['m']}"
+            return " and ".join(([f"multiply the result by {t['a']:g}"] if t["a"] != 1 else []) + ([f"add {t['b']:g}"] if t["b"] else []))
         if self.kind == "affix":
             return " and ".join(p for p in ([f"prepend {self.pre!r}"] if self.pre else []) + ([f"append {self.suf!r}"] if self.suf else []))
         if self.kind == "map":
@@ -119,6 +143,21 @@ class Program:
     def describe(self) -> str:
         ds = [st.describe() for st in self.steps if not (st.kind == "op" and st.op.name == "identity")]
         return ("; then ".join(ds) or "leave the string unchanged").capitalize() + "."
+
+
+def _piece(op: Op) -> str:
+    """How a concatenation names one of its pieces."""
+    if op is EMPTY:
+        return ""
+    if op is IDENTITY:
+        return "the string"
+    return f"({op.desc})"
+
+
+def _arith(v, t: dict):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError("count arithmetic applied to a non-number")
+    return v % t["m"] if "m" in t else t["a"] * v + t["b"]
 
 
 def describe_map(table: dict, sep: str) -> str:
@@ -166,10 +205,10 @@ def describe_set(chars: frozenset) -> str:
         return "count the digits"
     if cs and all(c.isupper() for c in cs) and len(cs) >= 20:
         return "count the upper-case letters"
-    if cs and all(c.isalpha() for c in cs) and len(cs) >= 40:
-        return "count the letters" if not (cs & vowels) else "count the letters"
     if cs and all(c.isalpha() and c.lower() not in "aeiou" for c in cs) and len(cs) >= 20:
         return "count the consonants"
+    if cs and all(c.isalpha() for c in cs) and len(cs) >= 40:
+        return "count the letters"
     if len({c.lower() for c in cs}) == 1:
         return f"count the occurrences of {sorted(cs)[0].lower()!r} (any case)" if len(cs) == 2 else f"count the occurrences of {sorted(cs)[0]!r}"
     return f"count the characters in {''.join(sorted(cs))!r}"
@@ -343,6 +382,9 @@ def search(data: list[tuple[str, Any]], deadline: float | None = None) -> tuple[
             return best[0], 1.0
         if time.time() > deadline:
             return best[0], best[1]
+    prog = _concat(data)
+    if prog is not None:
+        return prog, 1.0
     if time.time() < deadline:
         prog = _depth2(data, deadline)
         if prog is not None:
@@ -358,6 +400,41 @@ def _count_candidates(data):
             yield Program([Step("op", g), Step("op", c)])
         if cset is not None and g in pres + [IDENTITY]:
             yield Program([Step("op", g), Step("countset", chars=cset)])
+    # a count, then arithmetic on it (the count set is learned from singles, which arithmetic
+    # hides: so also every single character as its own set)
+    counts = [Step("op", c) for c in COUNTS] + [Step("countset", chars=frozenset({ch, ch.upper()})) for ch in "abcdefghijklmnopqrstuvwxyz"] \
+        + [Step("countset", chars=frozenset(ch)) for ch in "abcdefghijklmnopqrstuvwxyz0123456789 .,!?"]
+    if cset is not None:
+        counts.append(Step("countset", chars=cset))
+    for c in counts:
+        for t in _fit_arith(c, data):
+            yield Program([c, Step("arith", table=t)])
+
+
+def _fit_arith(count: Step, data) -> list[dict]:
+    """Arithmetic tables (``a * v + b`` with ``(a, b) != (1, 0)``, or ``v % m``) that map
+    ``count(p)`` to every output exactly."""
+    try:
+        vs = [count(p) for p, _ in data]
+    except Exception:
+        return []
+    os_ = [float(o) for _, o in data]
+    out = []
+    pairs = sorted({(v, o) for v, o in zip(vs, os_)})
+    distinct = sorted({v for v in vs})
+    if len(distinct) >= 2:
+        (v0, o0) = next(p for p in pairs if p[0] == distinct[0])
+        (v1, o1) = next(p for p in pairs if p[0] == distinct[-1])
+        a = (o1 - o0) / (v1 - v0)
+        b = o0 - a * v0
+        a, b = (round(a) if abs(a - round(a)) < 1e-9 else a), (round(b) if abs(b - round(b)) < 1e-9 else b)
+        if (a, b) != (1, 0) and all(abs(a * v + b - o) < 1e-9 for v, o in zip(vs, os_)):
+            out.append({"a": a, "b": b})
+    for m in range(2, 13):
+        if any(v >= m for v in vs) and all(v % m == o for v, o in zip(vs, os_)):
+            out.append({"m": m})
+            break
+    return out
 
 
 def _core_candidates(data):
@@ -402,6 +479,39 @@ def _string_candidates(data):
         aff = Step("affix", pre=P, suf=S)
         for prog in _core_candidates(core):
             yield Program(prog.steps + [aff])
+
+
+def _concat(data) -> Program | None:
+    """``A(s) + sep + B(s)`` consistent with every probe: ``A`` must give a prefix of every output;
+    ``B`` is looked up by its outputs on the probes; ``sep`` is read off what is left between."""
+    if not data or not all(isinstance(o, str) for _, o in data):
+        return None
+    inputs = [p for p, _ in data]
+    outs = [o for _, o in data]
+    pieces = [EMPTY, IDENTITY] + OPS + COUNTS_AS_TEXT
+    values: dict[str, tuple] = {}
+    for op in pieces:
+        try:
+            vals = tuple(op(p) for p in inputs)
+        except Exception:
+            continue
+        if all(isinstance(v, str) for v in vals):
+            values[op.name] = vals
+    by_outputs: dict[tuple, Op] = {}
+    for op in pieces:
+        if op.name in values:
+            by_outputs.setdefault(values[op.name], op)
+    for a in pieces:
+        va = values.get(a.name)
+        if va is None or not all(o.startswith(x) for o, x in zip(outs, va)):
+            continue
+        rests = [o[len(x):] for o, x in zip(outs, va)]
+        common = os.path.commonprefix(rests)
+        for n in range(len(common) + 1):
+            b = by_outputs.get(tuple(r[n:] for r in rests))
+            if b is not None and not (a is EMPTY and b is EMPTY) and not (b is EMPTY and n == 0):
+                return Program([Step("concat", op=a, sep=common[:n], other=b)])
+    return None
 
 
 def _depth2(data, deadline) -> Program | None:
