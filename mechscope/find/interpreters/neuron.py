@@ -1,12 +1,15 @@
-"""Offline neuron interpreter: probe the shipped vocabulary and name the feature that explains it.
+"""Offline neuron interpreter: probe the shipped vocabulary and name the features that explain it.
 
-Probes a stratified sample (some words of every shipped concept, plus filler words), then
-scores binary hypotheses — membership in each concept list, first letter, suffix, word
-length, a doubled letter — by the variance of activations they explain (R^2 of a two-level
-fit). A second concept is added when it explains much of what is left (a polysemantic unit).
-The code predicts one activation level per group over the *full* concept lists, so it
-generalises to words that were not probed. When nothing explains the unit well, the code is a
-lookup table of the probed words and the description lists the top-activating ones.
+Probes a stratified sample (some words of every shipped concept, plus filler words). Binary
+hypotheses — membership in each concept list, first letter, suffix, word length, a doubled
+letter — enter an additive model ``y ~ b + sum_k w_k x_k`` by forward stepwise least squares:
+at each step the hypothesis that most reduces the residual is added while its F statistic
+exceeds :data:`F_MIN` (strict, since several hundred hypotheses compete), up to
+:data:`MAX_TERMS` terms. So one concept, a union of concepts at different strengths
+(polysemantic units), a suppressed concept (negative weight) and a noisy unit are all one model.
+The code predicts from membership in the *full* concept lists, so it generalises to words that
+were not probed. When no hypothesis is significant, the code is a lookup table of the probed
+words and the description lists the top-activating ones.
 """
 
 from __future__ import annotations
@@ -45,6 +48,39 @@ def _lexical(words: list[str]) -> dict[str, tuple[str, str, callable]]:
     return H
 
 
+F_MIN = 25.0  # F(1, n) for adding a term: p < ~1e-6, a Bonferroni bar for ~500 hypotheses
+MAX_TERMS = 4
+
+
+def _stepwise(X: np.ndarray, y: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Forward stepwise least squares over the columns of ``X [n, H]`` (see the module docstring).
+    Returns the chosen columns and the coefficients ``[intercept, w_1, ...]``."""
+    n = len(y)
+    chosen: list[int] = []
+    A = np.ones((n, 1))
+    coef = np.array([y.mean()])
+    rss = float(((y - y.mean()) ** 2).sum())
+    usable = [j for j in range(X.shape[1]) if 2 <= X[:, j].sum() <= n - 2]
+    while len(chosen) < MAX_TERMS and rss > 1e-12:
+        best = None
+        for j in usable:
+            if j in chosen:
+                continue
+            B = np.column_stack([A, X[:, j]])
+            c, *_ = np.linalg.lstsq(B, y, rcond=None)
+            r = float(((y - B @ c) ** 2).sum())
+            if best is None or r < best[0] - 1e-12:
+                best = (r, j, B, c)
+        if best is None:
+            break
+        r, j, B, c = best
+        dof = n - B.shape[1]
+        if dof < 1 or (rss - r) / max(r / dof, 1e-12) < F_MIN:
+            break
+        chosen, A, coef, rss = chosen + [j], B, c, r
+    return chosen, coef
+
+
 class NeuronInterpreter:
     """Names the concept or surface feature a word-level unit responds to (see module docstring)."""
 
@@ -80,53 +116,26 @@ class NeuronInterpreter:
             hyps[f"concept:{name}"] = ("concept", name, np.array([w in members for w in ws], float))
         for name, (src, desc, pred) in _lexical(ws).items():
             hyps[name] = ("lexical", (src, desc), np.array([pred(w) for w in ws], float))
-        scored = sorted(((_r2(v[2], y), k) for k, v in hyps.items()), reverse=True)
-        best_r2, best = scored[0] if scored else (0.0, None)
-        meta = {"r2": best_r2, "hypothesis": best, "n_probes": len(ws)}
+        keys = list(hyps)
+        X = np.column_stack([hyps[k][2] for k in keys]) if keys else np.zeros((len(y), 0))
+        chosen, coef = _stepwise(X, y)
+        fit_r2 = 1 - float(((y - np.column_stack([np.ones(len(y))] + [X[:, j] for j in chosen]) @ coef) ** 2).sum()) / \
+            max(float(((y - y.mean()) ** 2).sum()), 1e-12)
+        meta = {"r2": fit_r2, "hypothesis": keys[chosen[0]] if chosen else None, "terms": [keys[j] for j in chosen],
+                "n_probes": len(ws)}
         lens = np.array([len(w) for w in ws], float)
         r2_len = _r2(lens, y)
-        if r2_len > max(best_r2 + 0.05, 0.3):  # a graded response to word length
+        if r2_len > max(fit_r2 + 0.05, 0.3):  # a graded response to word length
             b, a = np.polyfit(lens, y, 1)
-            meta.update(r2=r2_len, hypothesis="length")
+            meta.update(r2=r2_len, hypothesis="length", terms=["length"])
             code = f"def f(word):\n    return {float(a)!r} + {float(b)!r} * len(word.strip())\n"
             return Interpretation(f"Activation grows linearly with word length (about {a:.2g} + {b:.2g} per letter).",
                                   code, None, meta)
-        if best is None or best_r2 < 0.3:
+        if not chosen:
             return self._lookup(pairs, meta)
-        kind, what, x1 = hyps[best]
-        hi, lo = float(y[x1 == 1].mean()), float(y[x1 == 0].mean())
-        if kind == "lexical":
-            src, desc = what
-            code = (f"def f(word):\n    w = word.strip().lower()\n"
-                    f"    return {hi!r} if {src} else {lo!r}\n")
-            return Interpretation(f"Fires on {desc} (activation about {hi:.2g} vs {lo:.2g} otherwise).", code, None, meta)
-        # polysemantic? look for a second concept among the words the first one leaves out
-        resid = y - np.where(x1 == 1, hi, lo)
-        second = None
-        for k, (kind2, name2, x2) in hyps.items():
-            if kind2 != "concept" or k == best or x2.sum() < 2:
-                continue
-            sel = x1 == 0
-            r2 = _r2(x2[sel], resid[sel])
-            gain = (resid[sel & (x2 == 1)].mean() - resid[sel & (x2 == 0)].mean()) if (sel & (x2 == 1)).any() else 0
-            if r2 > 0.4 and gain > 0.15 * (hi - lo) and (second is None or r2 > second[0]):
-                second = (r2, name2, x2)
-        levels = {w: round(hi, 4) for w in data["concepts"][what]["words"]}
-        c1 = what.replace("_", " ")
-        kws = data["concepts"][what]["keywords"]
-        desc = f"Fires on {c1} words ({kws[0]}), e.g. {', '.join(data['concepts'][what]['words'][:4])}"
-        if second is not None:
-            _, name2, x2 = second
-            mid = float(y[(x2 == 1) & (x1 == 0)].mean())
-            for w in data["concepts"][name2]["words"]:
-                levels.setdefault(w, round(mid, 4))
-            lo = float(y[(x1 == 0) & (x2 == 0)].mean())
-            desc = (f"Polysemantic: fires strongly on {c1} words ({kws[0]}) and more weakly on "
-                    f"{name2.replace('_', ' ')} words ({data['concepts'][name2]['keywords'][0]})")
-            meta["second"] = name2
-        code = (f"_LEVEL = {dict(sorted(levels.items()))!r}\n\n\ndef f(word):\n"
-                f"    return _LEVEL.get(word.strip().lower(), {lo!r})\n")
-        return Interpretation(desc + f" (activation about {hi:.2g} vs {lo:.2g} otherwise).", code, None, meta)
+        terms = [(keys[j], float(w)) for j, w in zip(chosen, coef[1:])]
+        base = float(coef[0])
+        return Interpretation(_describe(terms, base, hyps, data), _code(terms, base, hyps, data), None, meta)
 
     def _lookup(self, pairs, meta) -> Interpretation:
         y = np.array([o for _, o in pairs])
@@ -136,3 +145,42 @@ class NeuronInterpreter:
         code = f"_SEEN = {table!r}\n\n\ndef f(word):\n    return _SEEN.get(word.strip().lower(), {base!r})\n"
         desc = f"No shipped concept or surface feature explains this unit; its top-activating words are {', '.join(w for w, _ in top)}."
         return Interpretation(desc, code, None, meta)
+
+
+def _term_name(key: str, hyps: dict, data: dict) -> str:
+    kind, what, _ = hyps[key]
+    if kind == "lexical":
+        return what[1]
+    kws = data["concepts"][what]["keywords"]
+    return f"{what.replace('_', ' ')} words ({kws[0]}), e.g. {', '.join(data['concepts'][what]['words'][:4])}"
+
+
+def _describe(terms: list[tuple[str, float]], base: float, hyps: dict, data: dict) -> str:
+    """``Fires on X`` for one term; the terms by strength for several (negative: suppressed)."""
+    terms = sorted(terms, key=lambda t: -abs(t[1]))
+    if len(terms) == 1 and terms[0][1] > 0:
+        key, w = terms[0]
+        return f"Fires on {_term_name(key, hyps, data)} (activation about {base + w:.2g} vs {base:.2g} otherwise)."
+    ups = [(k, w) for k, w in terms if w > 0]
+    downs = [(k, w) for k, w in terms if w < 0]
+    parts = []
+    if ups:
+        head = "Polysemantic: fires" if len(ups) > 1 else "Fires"
+        parts.append(f"{head} " + ", and more weakly ".join(f"on {_term_name(k, hyps, data)} (+{w:.2g})" for k, w in ups))
+    if downs:
+        parts.append("is suppressed on " + " and ".join(f"{_term_name(k, hyps, data)} ({w:.2g})" for k, w in downs))
+    return "; ".join(parts) + f"; baseline about {base:.2g}."
+
+
+def _code(terms: list[tuple[str, float]], base: float, hyps: dict, data: dict) -> str:
+    """Source of ``f(word)``: the baseline plus each term's weight where its condition holds."""
+    lines, conds = [], []
+    for i, (key, w) in enumerate(terms):
+        kind, what, _ = hyps[key]
+        if kind == "concept":
+            lines.append(f"_C{i} = {sorted(data['concepts'][what]['words'])!r}\n")
+            conds.append((f"w in _C{i}", w))
+        else:
+            conds.append((what[0], w))
+    body = "".join(f"    if {c}:\n        y += {w!r}\n" for c, w in conds)
+    return "\n".join(lines) + f"\n\ndef f(word):\n    w = word.strip().lower()\n    y = {base!r}\n{body}    return y\n"
