@@ -270,8 +270,10 @@ def test_native_roundtrip(tmp_path, kind, activation):
     assert e.cfg == d.cfg
     for (n, a), (_, b) in zip(d.state_dict().items(), e.state_dict().items()):
         assert torch.equal(a, b), n
+    assert not e.training  # loaded for inference: BatchTopK encodes with its threshold, row by row
     x = torch.randn(20, 12)
-    torch.testing.assert_close(d.eval().reconstruct(x), e.eval().reconstruct(x), rtol=0, atol=0)
+    torch.testing.assert_close(d.eval().reconstruct(x), e.reconstruct(x), rtol=0, atol=0)
+    torch.testing.assert_close(e.encode(x[:1]), e.encode(x)[:1])
 
 
 def test_corrupt_and_malformed_files_are_named(tmp_path):

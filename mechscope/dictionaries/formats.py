@@ -50,7 +50,8 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def load_dictionary(path: str | os.PathLike, device: str | torch.device = "cpu") -> Dictionary:
-    """Load a dictionary directory in any supported format."""
+    """Load a dictionary directory in any supported format, in eval mode (a BatchTopK dictionary
+    then encodes with its learned threshold, row by row, not with the batch's top k)."""
     fmt = detect_format(path)
     return {"native": load_native, "saelens": load_saelens, "sparsify": load_sparsify}[fmt](path, device=device)
 
@@ -72,7 +73,7 @@ def _build(cfg: DictionaryConfig, state: dict, where: Path, device) -> Dictionar
         if tuple(state[name].shape) != tuple(t.shape):
             raise FormatError(f"{where}: tensor {name!r} should have shape {list(t.shape)} for this config, found {list(state[name].shape)}")
     d.load_state_dict({k: v.to(want[k].dtype) for k, v in state.items()})
-    return d.to(device)
+    return d.to(device).eval()
 
 
 def load_native(path: str | os.PathLike, device: str | torch.device = "cpu") -> Dictionary:
