@@ -185,7 +185,7 @@ def test_cli_train_and_eval(lm, store, tmp_path, capsys):
     assert rc == 0
     capsys.readouterr()
     rc = main(["eval", str(tmp_path / "run" / "blocks.1.hook_mlp_out"), str(tmp_path / "tc" / "blocks.0.ln2.hook_normalized__blocks.0.hook_mlp_out"),
-               "--store", str(store.root), "--model", str(tmp_path / "model"), "--context-len", "64", "--n-tokens", "2048",
+               "--store", str(store.root), "--model", str(tmp_path / "model"), "--n-tokens", "2048",  # contexts: the model's n_ctx (64 < 128)
                "--batch-size", "1024", "--n-contexts", "4", "--histogram", str(tmp_path / "hist"), "--json"])
     assert rc == 0
     results = json.loads(capsys.readouterr().out)
@@ -193,6 +193,13 @@ def test_cli_train_and_eval(lm, store, tmp_path, capsys):
     for r in results:
         assert {"mse", "fvu", "l0", "dead_frac", "dense_frac", "cosine", "ce_score", "kl_score"} <= set(r)
         assert open(r["histogram"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # streaming from the model (no store) with the default context length, clamped to n_ctx = 64
+    rc = main(["train", "--model", str(tmp_path / "model"), "--hooks", "blocks.0.attn.hook_z", "--n-latents", "64", "--steps", "2",
+               "--batch-size", "64", "--buffer-tokens", "512", "--out", str(tmp_path / "streamed"), "--json"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["steps"] == 2
+    rc = main(["train", "--model", str(tmp_path / "model"), "--hooks", "blocks.0.attn.hook_z", "--context-len", "999", "--steps", "2",
+               "--out", str(tmp_path / "too-long")])
+    assert rc == 2 and "--context-len 999 is longer than the model's context window (n_ctx=64)" in capsys.readouterr().err
     # bad input through the CLI: a clear message and exit code 2
     rc = main(["train", "--store", str(store.root), "--hooks", "blocks.0.hook_resid_post", "--activation", "topk", "--k", "999",
                "--n-latents", "128", "--out", str(tmp_path / "bad")])

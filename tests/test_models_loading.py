@@ -74,6 +74,11 @@ def test_local_hf_directory_through_transformer_bridge(tmp_path):
     assert cache["blocks.1.hook_resid_post"].shape == (2, 8, 32)
     with pytest.raises(CircuitError, match="TransformerBridge"):
         Graph.of(model)
+    from mechscope.attention.dfa import attention_inputs
+    from mechscope.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="DFA needs a classic TransformerLens HookedTransformer.*TransformerBridge"):
+        attention_inputs(model, tokens, 0)  # its hook_v / hook_z are not split by head
 
 
 def _hf_dir(tmp_path, kind: str):

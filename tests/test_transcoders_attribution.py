@@ -33,15 +33,17 @@ def _scale(att) -> float:
     return sum(abs(v) for _, v in att.entries()) + abs(att.target.const)
 
 
-@pytest.mark.parametrize("normalization,kind,activation,hook_in", [
-    ("LN", "transcoder", "relu", "normalized"),
-    ("LN", "skip_transcoder", "topk", "normalized"),
-    ("RMS", "transcoder", "jumprelu", "normalized"),
-    ("LN", "transcoder", "relu", "resid"),
+@pytest.mark.parametrize("normalization,kind,activation,hook_in,extra", [
+    ("LN", "transcoder", "relu", "normalized", {}),
+    ("LN", "skip_transcoder", "topk", "normalized", {}),
+    ("RMS", "transcoder", "jumprelu", "normalized", {}),
+    ("LN", "transcoder", "relu", "resid", {}),
+    # Llama-style: grouped-query attention (each query head reads its group's value head), rotary, gated MLP
+    ("RMS", "transcoder", "relu", "normalized", dict(n_key_value_heads=2, positional_embedding_type="rotary", gated_mlp=True)),
 ])
 @pytest.mark.parametrize("splice", [True, False])
-def test_contributions_sum_exactly_to_logit_and_feature_targets(normalization, kind, activation, hook_in, splice):
-    model = tiny_model(normalization=normalization, seed=1)
+def test_contributions_sum_exactly_to_logit_and_feature_targets(normalization, kind, activation, hook_in, extra, splice):
+    model = tiny_model(normalization=normalization, seed=1, **extra)
     ts = random_transcoders(model, kind=kind, activation=activation, hook_in=hook_in, seed=2)
     run = ReplacementRun(model, ts, TOKENS, splice=splice)
     u = token_direction(run, [3, 5], [7, 8, 9])
@@ -126,6 +128,18 @@ def test_input_invariant_connections_match_input_dependent_attribution():
     att = attribute(run, logit_target(run, b, p, u))
     expect = run.codes[1][b, p] * (to_logits(model, ts, 1) @ u) / float(run.lnf_scale[b, p])
     assert torch.allclose(att.features[1], expect, rtol=1e-9, atol=1e-12)
+
+
+def test_norm_free_model_needs_the_raw_residual_input():
+    """No LayerNorm: no ln2.hook_normalized; training says to read the raw residual, and does so."""
+    from mechscope.errors import ConfigError
+    from mechscope.transcoders.train import collect_rows
+
+    model = tiny_model(normalization=None, seed=0)
+    with pytest.raises(ConfigError, match="hook_in='resid'"):
+        collect_rows(model, [0], TOKENS)
+    rows = collect_rows(model, [0], TOKENS, hook_in="resid")
+    assert rows["blocks.0.hook_resid_mid"].shape == (TOKENS.numel(), 32)
 
 
 def test_errors_name_what_is_wrong():

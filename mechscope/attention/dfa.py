@@ -130,11 +130,9 @@ def _per_head(t: Tensor, n_heads: int, dim: int) -> Tensor:
 def attention_inputs(model, tokens: Tensor, layer: int) -> AttentionInputs:
     """Run ``model`` on ``tokens [batch, pos]`` and keep layer ``layer``'s pattern, values and z."""
     from mechscope.models import run_with_cache
-    from mechscope.models.model import as_model
+    from mechscope.models.model import require_hooked_transformer
 
-    model = as_model(model)
-    if not model.is_transformer_lens:
-        raise ConfigError(f"DFA needs a TransformerLens model (attention hook points); {model.name!r} is a {model.kind} model")
+    model = require_hooked_transformer(model, "DFA")
     names = [f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.attn.hook_v", f"blocks.{layer}.attn.hook_z"]
     cache = run_with_cache(model, tokens, names)
     n_heads = model.module.cfg.n_heads

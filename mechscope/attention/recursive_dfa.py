@@ -89,7 +89,9 @@ class _Ctx:
 
     def __init__(self, model, tokens: Tensor, layer: int, resid_saes: dict, dtype: torch.dtype):
         from mechscope.models import run_with_cache
+        from mechscope.models.model import require_hooked_transformer
 
+        model = require_hooked_transformer(model, "recursive DFA")
         self.model, self.m, self.dtype = model, model.module, dtype
         cfg = self.m.cfg
         self.cfg = cfg

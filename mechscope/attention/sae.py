@@ -27,9 +27,9 @@ def train_attention_sae(model, layer: int, out_dir: str | Path, *, n_latents: in
     Returns the trained :class:`~mechscope.dictionaries.Dictionary` (eval mode, CPU)."""
     from mechscope.activations import cache_activations
     from mechscope.dictionaries import DictionaryConfig, StoreSource, TrainConfig, train
-    from mechscope.models.model import as_model
+    from mechscope.models.model import require_hooked_transformer
 
-    model = as_model(model)
+    model = require_hooked_transformer(model, "an attention-output SAE (heads kept apart in hook_z)")
     if model.tokenizer is None:
         raise ConfigError(f"training on the embedded corpus needs a model with a tokenizer; {model.name!r} has none")
     n_layers = model.module.cfg.n_layers

@@ -73,9 +73,9 @@ class Graph:
         if cfg is None or not hasattr(cfg, "n_heads"):
             raise CircuitError(f"circuit methods need a TransformerLens HookedTransformer; found {type(module).__name__}")
         if type(module).__name__ == "TransformerBridge":
-            raise CircuitError("circuit methods need a classic TransformerLens HookedTransformer (per-head hook_z, hook_q_input, ...); "
-                               "this model was loaded through TransformerBridge because TransformerLens could not convert it "
-                               "(load_model warned why)")
+            from mechscope.models.model import require_hooked_transformer
+
+            require_hooked_transformer(model, "the circuit graph", CircuitError)
         if getattr(cfg, "use_normalization_before_and_after", False):
             raise CircuitError("this model normalises the summed attention and MLP outputs before adding them to the residual stream "
                                "(use_normalization_before_and_after, as in Gemma 2): a head's write is not z @ W_O, so the circuit graph "

@@ -28,7 +28,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="zoo name, model directory, or TransformerLens name (streaming, and CE/KL scores in eval)")
     g.add_argument("--corpus", default="stdlib", help="with --model: 'stdlib' (default), a text file/dir, a .jsonl file, or hf:NAME")
     g.add_argument("--split", default=None, choices=["train", "heldout", "all"], help="corpus split (train: train; eval: heldout)")
-    g.add_argument("--context-len", type=int, default=128)
+    g.add_argument("--context-len", type=int, default=None,
+                   help="tokens per context when streaming (default: 128, or the model's n_ctx when that is shorter)")
     g.add_argument("--device", default=None)
 
 
@@ -86,7 +87,14 @@ def _stream(args, model, split: str):
     from mechscope.data import TokenStream, load_corpus
     from mechscope.data.tokenizer import default_tokenizer
 
-    return TokenStream(load_corpus(args.corpus, split), model.tokenizer or default_tokenizer(), args.context_len)
+    from mechscope.errors import ConfigError
+
+    tl_cfg, hf_cfg = getattr(model.module, "cfg", None), getattr(model.module, "config", None)
+    n_ctx = getattr(tl_cfg, "n_ctx", None) or getattr(hf_cfg, "n_positions", None) or getattr(hf_cfg, "max_position_embeddings", None)
+    context_len = args.context_len or min(128, n_ctx or 128)
+    if n_ctx and context_len > n_ctx:
+        raise ConfigError(f"--context-len {context_len} is longer than the model's context window (n_ctx={n_ctx})")
+    return TokenStream(load_corpus(args.corpus, split), model.tokenizer or default_tokenizer(), context_len)
 
 
 def _pairs(hooks: list[str], kind: str, source_hooks_of) -> list[tuple[str, str | None]]:

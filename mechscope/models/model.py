@@ -79,3 +79,20 @@ def as_model(model: Model | nn.Module) -> Model:
 def _is_hooked_transformer(module: nn.Module) -> bool:
     """TransformerLens HookedTransformer / TransformerBridge: both expose ``hook_dict``."""
     return isinstance(getattr(module, "hook_dict", None), dict)
+
+
+def require_hooked_transformer(model: Model | nn.Module, what: str, error: type[Exception] | None = None) -> Model:
+    """``model`` as a :class:`Model` when it is a classic TransformerLens ``HookedTransformer``
+    (per-head ``hook_z`` / ``hook_v`` / ``hook_q_input``); else ``error`` (default
+    :class:`ConfigError`) saying why ``what`` cannot run on it."""
+    from mechscope.errors import ConfigError
+
+    error = error or ConfigError
+    model = as_model(model)
+    if type(model.module).__name__ == "TransformerBridge":
+        raise error(f"{what} needs a classic TransformerLens HookedTransformer (per-head hook points); {model.name!r} was "
+                          "loaded through TransformerBridge, whose attention hooks are not split by head, because TransformerLens "
+                          "could not convert it (load_model warned why)")
+    if not model.is_transformer_lens:
+        raise error(f"{what} needs a TransformerLens model (attention hook points); {model.name!r} is a {model.kind} model")
+    return model

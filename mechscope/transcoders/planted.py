@@ -23,12 +23,14 @@ from mechscope.transcoders.replacement import TranscoderSet
 
 
 def tiny_model(*, d_vocab: int = 64, d_model: int = 32, n_layers: int = 2, n_heads: int = 4, d_mlp: int = 64,
-               normalization: str | None = "LN", dtype: torch.dtype = torch.float64, seed: int = 0, tokenizer=None) -> Model:
+               normalization: str | None = "LN", dtype: torch.dtype = torch.float64, seed: int = 0, tokenizer=None, **cfg_extra) -> Model:
+    """A random model with perturbed norm weights and biases; ``cfg_extra`` goes to the TL config
+    (e.g. ``n_key_value_heads=2`` for grouped-query attention)."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads, n_ctx=64,
                                   d_vocab=d_vocab, d_mlp=d_mlp, act_fn="gelu", normalization_type=normalization, seed=seed,
-                                  device="cpu", dtype=dtype)
+                                  device="cpu", dtype=dtype, **cfg_extra)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = HookedTransformer(cfg)

@@ -175,8 +175,6 @@ def check_model(model) -> object:
         problems.append("parallel attention/MLP blocks")
     if getattr(cfg, "use_normalization_before_and_after", False):
         problems.append("post-norms (normalization before and after)")
-    if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
-        problems.append("grouped-query attention")
     if cfg.normalization_type not in (None, "LN", "LNPre", "RMS", "RMSPre"):
         problems.append(f"normalization {cfg.normalization_type!r}")
     if problems:

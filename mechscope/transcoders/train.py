@@ -36,6 +36,10 @@ def hooks_for(layer: int, hook_in: str = "normalized") -> tuple[str, str]:
 @torch.no_grad()
 def collect_rows(model, layers: Sequence[int], tokens: torch.Tensor, hook_in: str = "normalized", batch_size: int = 64) -> dict[str, torch.Tensor]:
     """``{hook: [rows, d_model]}`` for every position of ``tokens [n, pos]`` (row-aligned across hooks)."""
+    cfg = getattr(as_model(model).module, "cfg", None)
+    if hook_in == "normalized" and cfg is not None and cfg.normalization_type is None:
+        raise ConfigError("the model has no LayerNorm before its MLPs, so there is no ln2.hook_normalized to read; "
+                          "train on the raw residual instead: hook_in='resid' (CLI: --hook-in resid)")
     names = [h for l in layers for h in hooks_for(l, hook_in)]
     parts: dict[str, list[torch.Tensor]] = {h: [] for h in names}
     for s in range(0, tokens.shape[0], batch_size):
