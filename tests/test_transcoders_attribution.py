@@ -7,8 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mechscope.errors import ConfigError
 from mechscope.transcoders import (ReplacementRun, TranscoderError, TranscoderSet, attribute, child_target, deembedding,
-                                   feature_target, feature_to_feature, logit_target, through_head, to_logits, token_direction)
+                                   feature_target, feature_to_feature, logit_target, through_head, to_logits, token_direction,
+                                   top_connections)
 from mechscope.transcoders.planted import random_transcoders, tiny_model
 
 
@@ -22,6 +24,7 @@ def one_thread():
 
 
 TOKENS = torch.tensor([[1, 17, 5, 33, 8, 2, 40, 11], [3, 9, 9, 60, 21, 4, 2, 7]])
+PARALLEL = dict(parallel_attn_mlp=True, positional_embedding_type="rotary", rotary_dim=4)
 
 
 def _rel(a: float, b: float, scale: float) -> float:
@@ -40,6 +43,9 @@ def _scale(att) -> float:
     ("LN", "transcoder", "relu", "resid", {}),
     # Llama-style: grouped-query attention (each query head reads its group's value head), rotary, gated MLP
     ("RMS", "transcoder", "relu", "normalized", dict(n_key_value_heads=2, positional_embedding_type="rotary", gated_mlp=True)),
+    # GPT-NeoX / Pythia-style: parallel attention and MLP (the MLP reads the block's input), rotary
+    ("LN", "transcoder", "relu", "normalized", PARALLEL),
+    ("LN", "skip_transcoder", "topk", "resid", PARALLEL),
 ])
 @pytest.mark.parametrize("splice", [True, False])
 def test_contributions_sum_exactly_to_logit_and_feature_targets(normalization, kind, activation, hook_in, extra, splice):
@@ -62,7 +68,7 @@ def test_contributions_sum_exactly_to_logit_and_feature_targets(normalization, k
             j = int(pre.abs().argmax())
             att = attribute(run, feature_target(run, 1, j, b, pos))
             assert _rel(att.total(), float(pre[j]), _scale(att)) < 1e-9
-            assert set(att.features) == {0} and set(att.heads) == {0, 1}
+            assert set(att.features) == {0} and set(att.heads) == ({0} if extra.get("parallel_attn_mlp") else {0, 1})
             if splice:
                 assert max(abs(v) for v in att.error.values()) < 1e-9
             else:
@@ -98,8 +104,10 @@ def test_float32_model_sums_to_its_logits_within_float_tolerance():
         assert _rel(att.total(), float(run.logits[b, 7].double() @ u), _scale(att)) < 1e-5
 
 
-def test_input_invariant_connections_match_input_dependent_attribution():
-    model = tiny_model(seed=7)
+@pytest.mark.parametrize("extra", [{}, PARALLEL])
+def test_input_invariant_connections_match_input_dependent_attribution(extra):
+    model = tiny_model(seed=7, **extra)
+    parallel = bool(extra)
     ts = random_transcoders(model, seed=8)
     run = ReplacementRun(model, ts, TOKENS[:1])
     b, p, src = 0, 6, 2
@@ -116,7 +124,11 @@ def test_input_invariant_connections_match_input_dependent_attribution():
     # through head 1.h: layer-0 feature j at the source reaches feature i via A * a_j * through_head / (s1 s2)
     from mechscope.transcoders.attribution import Node
 
-    for h in range(model.module.cfg.n_heads):
+    if parallel:  # a parallel MLP does not read its own layer's heads
+        with pytest.raises(ConfigError, match="parallel blocks"):
+            through_head(model, ts, 0, 1, 0, 1)
+        assert all(not r.get("head", "").startswith("1.") for r in top_connections(model, ts, 1, i)["upstream_via_heads"])
+    for h in range(model.module.cfg.n_heads if not parallel else 0):
         head = Node("head", 1, h, p, src)
         sub = attribute(run, child_target(run, att.target, head))
         th = through_head(model, ts, 0, 1, h, 1)
@@ -132,7 +144,6 @@ def test_input_invariant_connections_match_input_dependent_attribution():
 
 def test_norm_free_model_needs_the_raw_residual_input():
     """No LayerNorm: no ln2.hook_normalized; training says to read the raw residual, and does so."""
-    from mechscope.errors import ConfigError
     from mechscope.transcoders.train import collect_rows
 
     model = tiny_model(normalization=None, seed=0)

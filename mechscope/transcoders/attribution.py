@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from mechscope.errors import ConfigError
-from mechscope.transcoders.replacement import ReplacementRun, TranscoderError, read_direction
+from mechscope.transcoders.replacement import ReplacementRun, TranscoderError, attention_writes_before, read_direction
 
 LEAF_KINDS = ("embed", "pos", "error", "mlp", "bias")
 EXPANDABLE = ("feature", "head", "skip")
@@ -264,7 +264,7 @@ def attribute(run: ReplacementRun, target: Target) -> Attribution:
     att = Attribution(target=target, value=target.value(run), embed=float(run.embed[b, p] @ d),
                       pos_embed=float(run.pos_embed[b, p] @ d), token=tok)
     for l in range(cfg.n_layers):
-        if 2 * l + 1 <= s:  # attention of layer l writes before this stage
+        if attention_writes_before(cfg, l, s):
             W_V, W_O = run.w("W_V", l), run.w("W_O", l)  # [h, dm, dh], [h, dh, dm]
             od = W_O @ d  # [h, dh]
             u = torch.einsum("hmd,hd->hm", W_V, od) * run.w("ln1_w", l)  # [h, dm]

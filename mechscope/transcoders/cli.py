@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--k", type=int, default=16)
     a.add_argument("--kind", default="transcoder", choices=["transcoder", "skip_transcoder"])
     a.add_argument("--hook-in", default="normalized", choices=["normalized", "resid"],
-                   help="normalized: blocks.L.ln2.hook_normalized (default); resid: blocks.L.hook_resid_mid")
+                   help="normalized: blocks.L.ln2.hook_normalized (default); resid: blocks.L.hook_resid_mid (parallel blocks: hook_mlp_in)")
     a.add_argument("--steps", type=int, default=2000)
     a.add_argument("--batch-size", type=int, default=1024)
     a.add_argument("--lr", type=float, default=1e-3)

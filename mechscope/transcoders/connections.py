@@ -13,7 +13,8 @@ RMS norms do not centre; a transcoder reading the raw residual (``hook_resid_mid
 * **feature -> feature** (layer l < L): ``W_dec^l[j] · C(W_enc^L[i])``.
 * **de-embedding**: ``W_E[t] · C(W_enc^L[i])`` — the direct path from token t to feature i (and
   ``W_pos[p] · ...`` for positions).
-* **through head h of layer m** (l < m <= L, or the embeddings for any m <= L): the head reads its
+* **through head h of layer m** (l < m <= L, or the embeddings for any m <= L; m < L in parallel
+  blocks, whose MLP does not see its own layer's attention): the head reads its
   input through ``ln1``: ``(C(v) ⊙ w1) W_V^h W_O^h · C(W_enc^L[i])`` for a writer ``v``
   (``W_dec^l[j]`` or ``W_E[t]``); the attention pattern (input-dependent) is left out: this is
   the connection *if* the head attended fully to the writer's position.
@@ -50,6 +51,10 @@ class _Weights:
         if key not in self._c:
             self._c[key] = _weight(self.model.module, self.cfg, name, layer)
         return self._c[key]
+
+    def heads_before(self, layer: int) -> range:
+        """The layers whose heads write into MLP ``layer``'s input (its own too, unless blocks are parallel)."""
+        return range(layer if getattr(self.cfg, "parallel_attn_mlp", False) else layer + 1)
 
     def enc(self, layer: int) -> Tensor:
         """``[n_latents, d_model]`` input-invariant residual-space encoder directions."""
@@ -100,9 +105,10 @@ def through_head(model, ts: TranscoderSet, src_layer: int | None, head_layer: in
     ``src_layer`` (``None``: the token embeddings, ``[d_vocab, n_dst]``) to those of ``dst_layer``.
     Requires ``src_layer < head_layer <= dst_layer``."""
     W = _weights(model, ts)
-    if not head_layer <= dst_layer or (src_layer is not None and not src_layer < head_layer):
+    if head_layer not in W.heads_before(dst_layer) or (src_layer is not None and not src_layer < head_layer):
+        later = f"> {head_layer} (parallel blocks)" if getattr(W.cfg, "parallel_attn_mlp", False) else f">= {head_layer}"
         raise ConfigError(f"a head in layer {head_layer} connects features of earlier layers (< {head_layer}) to features of "
-                          f"layers >= {head_layer}; found src_layer={src_layer}, dst_layer={dst_layer}")
+                          f"layers {later}; found src_layer={src_layer}, dst_layer={dst_layer}")
     if not 0 <= head < W.cfg.n_heads:
         raise ConfigError(f"head {head} out of range (the model has {W.cfg.n_heads} heads per layer)")
     writers = W.w("W_E") if src_layer is None else W.dec(src_layer)
@@ -159,7 +165,7 @@ def top_connections(model, ts: TranscoderSet, layer: int, feature: int, k: int =
         up += _top(W.dec(l) @ enc, k, lambda j, l=l: {"feature": f"mlp{l}.f{j}", "layer": l, "index": j})
     result["upstream_features"] = sorted(up, key=lambda r: -abs(r["weight"]))[:k]
     via = []
-    for m in range(layer + 1):
+    for m in W.heads_before(layer):
         for h in range(H):
             read = lambda X, m=m, h=h: W.ov_read(X, m, h) @ enc  # noqa: E731
             for l in [x for x in ts.layers if x < m]:
@@ -167,14 +173,14 @@ def top_connections(model, ts: TranscoderSet, layer: int, feature: int, k: int =
     result["upstream_via_heads"] = sorted(via, key=lambda r: -abs(r["weight"]))[:k]
     result["tokens"] = _top(W.w("W_E") @ enc, k, tname)
     tv = []
-    for m in range(layer + 1):
+    for m in W.heads_before(layer):
         for h in range(H):
             tv += _top(W.ov_read(W.w("W_E"), m, h) @ enc, k, lambda t, m=m, h=h: {**tname(t), "head": f"{m}.{h}"})
     result["tokens_via_heads"] = sorted(tv, key=lambda r: -abs(r["weight"]))[:k]
     down = []
     for L in [x for x in ts.layers if x > layer]:
         down += _top(W.enc(L) @ dec, k, lambda i, L=L: {"feature": f"mlp{L}.f{i}", "layer": L, "index": i})
-        for m in range(layer + 1, L + 1):
+        for m in (m for m in W.heads_before(L) if m > layer):
             for h in range(H):
                 down += _top(W.enc(L) @ W.ov_read(dec[None], m, h)[0], k,
                              lambda i, L=L, m=m, h=h: {"feature": f"mlp{L}.f{i}", "head": f"{m}.{h}"})

@@ -49,12 +49,14 @@ def tiny_model(*, d_vocab: int = 64, d_model: int = 32, n_layers: int = 2, n_hea
 def random_transcoders(model: Model, *, n_latents: int = 96, activation: str = "relu", kind: str = "transcoder", k: int = 12,
                        hook_in: str = "normalized", dtype: str = "float64", seed: int = 0) -> TranscoderSet:
     """One untrained transcoder per layer; ``b_enc`` raised so that many latents fire."""
+    from mechscope.transcoders.train import hooks_for
+
     cfg = model.module.cfg
     out = []
     for l in range(cfg.n_layers):
-        hin = f"blocks.{l}.ln2.hook_normalized" if hook_in == "normalized" else f"blocks.{l}.hook_resid_mid"
+        hin, hout = hooks_for(l, hook_in, bool(cfg.parallel_attn_mlp))
         c = DictionaryConfig(d_in=cfg.d_model, n_latents=n_latents, kind=kind, activation=activation, k=k, hook_in=hin,
-                             hook_out=f"blocks.{l}.hook_mlp_out", dtype=dtype)
+                             hook_out=hout, dtype=dtype)
         d = Dictionary(c, seed=seed + l)
         gen = torch.Generator().manual_seed(seed + 100 + l)
         with torch.no_grad():

@@ -20,7 +20,10 @@ feature activations, decoder outputs, errors, and the final LayerNorm.
 Residual-stream *stages* number the places a direction can be read: ``2L`` is
 ``blocks.L.hook_resid_pre`` (read by layer L's attention), ``2L + 1`` is ``blocks.L.hook_resid_mid``
 (read by layer L's MLP / transcoder) and ``2 n_layers`` is the final residual (read by
-``ln_final`` and the unembedding).
+``ln_final`` and the unembedding). In parallel blocks (GPT-NeoX / Pythia, GPT-J) the MLP reads the
+block's input too, so stage ``2L + 1`` is ``blocks.L.hook_resid_pre`` and layer L's attention
+writes only after it (:func:`attention_writes_before`); a raw-residual transcoder there reads
+``blocks.L.hook_mlp_in``.
 """
 
 from __future__ import annotations
@@ -162,6 +165,11 @@ def transcoder_layer(d: Dictionary) -> int:
     return int(m_in.group(1))
 
 
+def attention_writes_before(cfg, layer: int, stage: int) -> bool:
+    """Whether layer ``layer``'s attention output is part of the residual at ``stage``."""
+    return (2 * layer + (2 if getattr(cfg, "parallel_attn_mlp", False) else 1)) <= stage
+
+
 def check_model(model) -> object:
     """The TransformerLens config of a model this room can decompose; a clear error otherwise."""
     module = as_model(model).module
@@ -171,8 +179,6 @@ def check_model(model) -> object:
     if cfg.attn_only:
         raise TranscoderError("the model is attention-only; transcoders stand in for MLPs")
     problems = []
-    if getattr(cfg, "parallel_attn_mlp", False):
-        problems.append("parallel attention/MLP blocks")
     if getattr(cfg, "use_normalization_before_and_after", False):
         problems.append("post-norms (normalization before and after)")
     if cfg.normalization_type not in (None, "LN", "LNPre", "RMS", "RMSPre"):
@@ -253,6 +259,7 @@ class ReplacementRun:
         self.tokens = tokens.to(self.model.device)
         self.has_norm = cfg.normalization_type is not None
         self.has_pos = cfg.positional_embedding_type == "standard"
+        self.parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
         cache: dict[str, Tensor] = {}
 
         def keep(name):
@@ -265,8 +272,9 @@ class ReplacementRun:
         if self.has_pos:
             hooks.append(("hook_pos_embed", keep("hook_pos_embed")))
         for l in range(n_layers):
-            hooks += [(f"blocks.{l}.hook_resid_pre", keep(f"resid_pre{l}")), (f"blocks.{l}.hook_resid_mid", keep(f"resid_mid{l}")),
-                      (f"blocks.{l}.attn.hook_pattern", keep(f"pattern{l}"))]
+            hooks += [(f"blocks.{l}.hook_resid_pre", keep(f"resid_pre{l}")), (f"blocks.{l}.attn.hook_pattern", keep(f"pattern{l}"))]
+            if not self.parallel:
+                hooks.append((f"blocks.{l}.hook_resid_mid", keep(f"resid_mid{l}")))
             if self.has_norm:
                 hooks += [(f"blocks.{l}.ln1.hook_normalized", keep(f"ln1{l}")), (f"blocks.{l}.ln1.hook_scale", keep(f"s1{l}")),
                           (f"blocks.{l}.ln2.hook_scale", keep(f"s2{l}"))]
@@ -305,7 +313,7 @@ class ReplacementRun:
         self.resid = {}
         for l in range(n_layers):
             self.resid[2 * l] = f64(cache[f"resid_pre{l}"])
-            self.resid[2 * l + 1] = f64(cache[f"resid_mid{l}"])
+            self.resid[2 * l + 1] = self.resid[2 * l] if self.parallel else f64(cache[f"resid_mid{l}"])
         self.resid[2 * n_layers] = f64(cache["resid_final"])
         ones = torch.ones(B, P, 1, dtype=torch.float64)
         self.pattern = {l: f64(cache[f"pattern{l}"]) for l in range(n_layers)}
@@ -355,7 +363,7 @@ class ReplacementRun:
         return self._weights[key]
 
     def encoder_direction(self, layer: int, feature: int, batch: int, pos: int) -> Tensor:
-        """The residual-stream (``resid_mid`` of ``layer``) direction whose dot product with the
+        """The residual-stream (stage ``2 layer + 1``) direction whose dot product with the
         residual is feature ``feature``'s pre-activation minus ``b_enc`` at this position
         (LayerNorm scale frozen): ``C(W_enc[i]) / s2``."""
         u = self.tc(layer, "W_enc")[feature]

@@ -25,12 +25,19 @@ from mechscope.models.model import as_model
 from mechscope.transcoders.replacement import TranscoderSet, check_model
 
 HOOK_IN = {"normalized": "blocks.{l}.ln2.hook_normalized", "resid": "blocks.{l}.hook_resid_mid"}
+PARALLEL_RESID = "blocks.{l}.hook_mlp_in"  # a parallel block has no resid_mid: its MLP reads the block's input
 
 
-def hooks_for(layer: int, hook_in: str = "normalized") -> tuple[str, str]:
+def hooks_for(layer: int, hook_in: str = "normalized", parallel: bool = False) -> tuple[str, str]:
+    """``(input hook, output hook)`` of the transcoder for MLP ``layer``."""
     if hook_in not in HOOK_IN:
         raise ConfigError(f"hook_in must be one of {sorted(HOOK_IN)}; found {hook_in!r}")
-    return HOOK_IN[hook_in].format(l=layer), f"blocks.{layer}.hook_mlp_out"
+    pattern = PARALLEL_RESID if (parallel and hook_in == "resid") else HOOK_IN[hook_in]
+    return pattern.format(l=layer), f"blocks.{layer}.hook_mlp_out"
+
+
+def _parallel(model) -> bool:
+    return bool(getattr(getattr(as_model(model).module, "cfg", None), "parallel_attn_mlp", False))
 
 
 @torch.no_grad()
@@ -40,7 +47,7 @@ def collect_rows(model, layers: Sequence[int], tokens: torch.Tensor, hook_in: st
     if hook_in == "normalized" and cfg is not None and cfg.normalization_type is None:
         raise ConfigError("the model has no LayerNorm before its MLPs, so there is no ln2.hook_normalized to read; "
                           "train on the raw residual instead: hook_in='resid' (CLI: --hook-in resid)")
-    names = [h for l in layers for h in hooks_for(l, hook_in)]
+    names = [h for l in layers for h in hooks_for(l, hook_in, _parallel(model))]
     parts: dict[str, list[torch.Tensor]] = {h: [] for h in names}
     for s in range(0, tokens.shape[0], batch_size):
         cache = run_with_cache(model, tokens[s : s + batch_size], names)
@@ -63,7 +70,7 @@ def transcoder_configs(model, layers: Sequence[int], *, n_latents: int | None = 
     cfg = check_model(model)
     out = []
     for l in layers:
-        hin, hout = hooks_for(l, hook_in)
+        hin, hout = hooks_for(l, hook_in, _parallel(model))
         out.append(DictionaryConfig(d_in=cfg.d_model, d_out=cfg.d_model, n_latents=n_latents or expansion * cfg.d_model, kind=kind,
                                     activation=activation, k=k, l1_coeff=l1_coeff, l0_coeff=l0_coeff, hook_in=hin, hook_out=hout,
                                     meta={"model": as_model(model).name, "room": "transcoders"}))
