@@ -53,30 +53,30 @@ def test_wrong_format_and_specs(tmp_path):
 
 
 def test_local_hf_directory_through_transformer_bridge(tmp_path):
-    """A GPT-2 directory written by transformers 5 lacks ``n_ctx``, which TransformerLens's
-    converter reads: the model loads through TransformerBridge with a warning saying why, runs with
-    TL hook names, and the circuit graph (which needs per-head hooks) refuses it by name."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """Gemma 2 (post-norms, soft-caps) is not converted by TransformerLens's classic loader: the
+    model loads through TransformerBridge with a warning saying why, runs with TL hook names and the
+    HF model's next-token distribution, and the circuit graph and DFA (which need per-head hooks)
+    refuse it by name."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
 
+    from mechscope.attention.dfa import attention_inputs
     from mechscope.circuits import CircuitError, Graph
+    from mechscope.errors import ConfigError
 
     torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=120, n_positions=32)).eval()
-    hf.save_pretrained(tmp_path / "gpt2-tiny")
-    with pytest.warns(UserWarning, match="n_ctx.*TransformerBridge"):
-        model = load_model(tmp_path / "gpt2-tiny", device="cpu")
+    hf = Gemma2ForCausalLM(Gemma2Config(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, head_dim=8, max_position_embeddings=32)).eval()
+    hf.save_pretrained(tmp_path / "gemma2-tiny")
+    with pytest.warns(UserWarning, match="cannot convert.*TransformerBridge"):
+        model = load_model(tmp_path / "gemma2-tiny", device="cpu")
     assert model.kind == "transformer_lens" and model.meta["backend"] == "TransformerBridge"
     assert "blocks.1.attn.hook_z" in list_hooks(model)
     tokens = torch.randint(0, 120, (2, 8), generator=torch.Generator().manual_seed(0))
     out, cache = run_with_cache(model, tokens, ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"], return_output=True)
-    # compatibility mode centres the unembedding: logits move by a per-position constant
     torch.testing.assert_close(out.log_softmax(-1), hf(tokens).logits.log_softmax(-1), atol=1e-4, rtol=1e-4)
     assert cache["blocks.1.hook_resid_post"].shape == (2, 8, 32)
     with pytest.raises(CircuitError, match="TransformerBridge"):
         Graph.of(model)
-    from mechscope.attention.dfa import attention_inputs
-    from mechscope.errors import ConfigError
-
     with pytest.raises(ConfigError, match="DFA needs a classic TransformerLens HookedTransformer.*TransformerBridge"):
         attention_inputs(model, tokens, 0)  # its hook_v / hook_z are not split by head
 
@@ -93,10 +93,7 @@ def _hf_dir(tmp_path, kind: str):
     else:  # Llama: RMSNorm, rotary, gated MLP, grouped-query attention
         hf = LlamaForCausalLM(LlamaConfig(vocab_size=120, max_position_embeddings=32, hidden_size=32, num_hidden_layers=2,
                                           num_attention_heads=4, num_key_value_heads=2, intermediate_size=64))
-    hf.eval().save_pretrained(tmp_path / kind)
-    if kind == "gpt2":  # as in GPT-2's hub config (transformers 5 no longer writes it; TransformerLens reads it)
-        cfg = json.loads((tmp_path / kind / "config.json").read_text())
-        (tmp_path / kind / "config.json").write_text(json.dumps({**cfg, "n_ctx": 32}))
+    hf.eval().save_pretrained(tmp_path / kind)  # GPT-2: without the n_ctx key TransformerLens reads (transformers 5 drops it)
     return hf, tmp_path / kind
 
 

@@ -174,10 +174,15 @@ def _hooked_transformer_from_hf_dir(path: Path, tokenizer, device: str):
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory(prefix="mechscope-hf-") as stage:
             warnings.simplefilter("ignore")
-            # TransformerLens picks hard-coded configs by substrings of the name ("llama", "gemma"):
-            # it reads the directory through a link with a neutral name so that the config comes from config.json
+            # TransformerLens picks hard-coded configs by substrings of the name ("llama", "gemma"): it
+            # reads a staged copy (links to the files) under a neutral name, so that the config comes
+            # from config.json — with the keys it still reads that newer transformers no longer write
             neutral = Path(stage) / "model"
-            neutral.symlink_to(path.resolve(), target_is_directory=True)
+            neutral.mkdir()
+            for f in path.iterdir():
+                if f.name != "config.json":
+                    (neutral / f.name).symlink_to(f.resolve())
+            (neutral / "config.json").write_text(json.dumps(_config_for_transformer_lens(json.loads((path / "config.json").read_text()))))
             cfg = tl_loading.get_pretrained_model_config(str(neutral), device=device)
             cfg.tokenizer_name = None  # the directory's own tokenizer (or none) is set below
             hf = AutoModelForCausalLM.from_pretrained(str(path)).eval()
@@ -199,6 +204,14 @@ def _hooked_transformer_from_hf_dir(path: Path, tokenizer, device: str):
                       f"{gap:.3g} > {HF_CHECK_TOL}); loading it through TransformerBridge")
         return None
     return module.to(device, print_details=False)
+
+
+def _config_for_transformer_lens(config: dict) -> dict:
+    """An HF config with the keys TransformerLens's converter reads that transformers >= 5 no
+    longer writes: GPT-2's ``n_ctx`` (the same as ``n_positions``)."""
+    if config.get("model_type") == "gpt2" and "n_ctx" not in config and "n_positions" in config:
+        return {**config, "n_ctx": config["n_positions"]}
+    return config
 
 
 def _bridge_or_transformers(path: Path, tokenizer, device: str, config: dict):
