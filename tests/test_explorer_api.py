@@ -337,3 +337,15 @@ def test_a_model_alone_is_served(sample, tmp_path):
         assert tc.get("/api/linear").status_code == 404 and "--linear-demo" in tc.get("/api/linear").json()["error"]["message"]
         assert tc.get("/api/circuits/0").status_code == 404
         assert tc.get("/").status_code == 200
+
+
+def test_model_hash_of_a_model_without_a_recorded_weights_hash(tokenizer):
+    """Models loaded from a hub name or an HF directory have no recorded hash: the state dict is
+    hashed, 0-dim buffers included (TransformerLens's attention IGNORE scalar); it follows the weights."""
+    from conftest import make_tl_model
+
+    from mechscope.explorer.dashboards import model_hash
+
+    a, b = make_tl_model(tokenizer, seed=0), make_tl_model(tokenizer, seed=1)
+    assert any(t.dim() == 0 for t in a.module.state_dict().values())
+    assert model_hash(a) == model_hash(make_tl_model(tokenizer, seed=0)) != model_hash(b)
