@@ -226,6 +226,10 @@ def test_cache_cli(tl_model, tmp_path):
     assert info["rows"] == 16 * 31 and set(info["hooks"]) == {"blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}
     verify = subprocess.run([sys.executable, "-m", "mechscope", "store", "verify", str(tmp_path / "store"), "--json"], capture_output=True, text=True)
     assert verify.returncode == 0 and json.loads(verify.stdout)["verified"] is True
+    # no --context-len: 128 capped at the model's n_ctx (64); it used to crash on every 64-token model
+    short = subprocess.run([sys.executable, "-m", "mechscope", "cache", "--model", str(tmp_path / "model"), "--hooks", "blocks.0.hook_resid_post",
+                            "--out", str(tmp_path / "store3"), "--n-contexts", "2", "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(short.stdout)["context_len"] == 64
     bad = subprocess.run([sys.executable, "-m", "mechscope", "cache", "--model", str(tmp_path / "model"), "--hooks", "blocks.0.hook_resid_psot",
                           "--out", str(tmp_path / "store2")], capture_output=True, text=True)
     assert bad.returncode == 2 and "blocks.0.hook_resid_post" in bad.stderr

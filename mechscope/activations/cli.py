@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="store directory (resumed if it exists with the same settings)")
     p.add_argument("--corpus", default="stdlib", help="'stdlib' (default), a text file/dir, a .jsonl file, or hf:NAME")
     p.add_argument("--split", default="train", choices=["train", "heldout", "all"])
-    p.add_argument("--context-len", type=int, default=128)
+    p.add_argument("--context-len", type=int, default=None,
+                   help="tokens per context (default: 128, or the model's n_ctx when that is shorter)")
     p.add_argument("--n-contexts", type=int, default=None, help="contexts to cache (default: all)")
     p.add_argument("--contexts-per-shard", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
@@ -55,12 +56,13 @@ def _cache(args) -> int:
     from mechscope.data.tokenizer import default_tokenizer
     from mechscope.errors import ConfigError
     from mechscope.models import load_model
+    from mechscope.models.model import resolve_context_len
 
     model = load_model(args.model, device=args.device)
     tokenizer = model.tokenizer or default_tokenizer()
     if model.tokenizer is None and args.corpus != "stdlib":
         raise ConfigError(f"model {model.name!r} has no tokenizer; only the stdlib corpus (with the default tokenizer) can be used")
-    stream = TokenStream(load_corpus(args.corpus, args.split), tokenizer, args.context_len)
+    stream = TokenStream(load_corpus(args.corpus, args.split), tokenizer, resolve_context_len(model, args.context_len))
     store = cache_activations(model, stream, args.hooks, args.out, n_contexts=args.n_contexts,
                               contexts_per_shard=args.contexts_per_shard, batch_size=args.batch_size, dtype=args.dtype,
                               skip_bos=not args.keep_bos, max_bytes=int(args.max_bytes) if args.max_bytes else None,

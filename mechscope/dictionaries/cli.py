@@ -87,13 +87,9 @@ def _stream(args, model, split: str):
     from mechscope.data import TokenStream, load_corpus
     from mechscope.data.tokenizer import default_tokenizer
 
-    from mechscope.errors import ConfigError
+    from mechscope.models.model import resolve_context_len
 
-    tl_cfg, hf_cfg = getattr(model.module, "cfg", None), getattr(model.module, "config", None)
-    n_ctx = getattr(tl_cfg, "n_ctx", None) or getattr(hf_cfg, "n_positions", None) or getattr(hf_cfg, "max_position_embeddings", None)
-    context_len = args.context_len or min(128, n_ctx or 128)
-    if n_ctx and context_len > n_ctx:
-        raise ConfigError(f"--context-len {context_len} is longer than the model's context window (n_ctx={n_ctx})")
+    context_len = resolve_context_len(model, args.context_len)
     return TokenStream(load_corpus(args.corpus, split), model.tokenizer or default_tokenizer(), context_len)
 
 

@@ -96,3 +96,23 @@ def require_hooked_transformer(model: Model | nn.Module, what: str, error: type[
     if not model.is_transformer_lens:
         raise error(f"{what} needs a TransformerLens model (attention hook points); {model.name!r} is a {model.kind} model")
     return model
+
+
+def context_window(model: Model) -> int | None:
+    """The longest input ``model`` reads (TL ``n_ctx``; HF ``n_positions`` / ``max_position_embeddings``), if it says."""
+    tl_cfg, hf_cfg = getattr(model.module, "cfg", None), getattr(model.module, "config", None)
+    n = getattr(tl_cfg, "n_ctx", None) or getattr(hf_cfg, "n_positions", None) or getattr(hf_cfg, "max_position_embeddings", None)
+    return int(n) if n else None
+
+
+def resolve_context_len(model: Model, requested: int | None, default: int = 128) -> int:
+    """Tokens per context for streaming a corpus through ``model``: ``requested``, or ``default``
+    capped at the model's context window; a :class:`ConfigError` when ``requested`` exceeds it."""
+    from mechscope.errors import ConfigError
+
+    n_ctx = context_window(model)
+    if requested is None:
+        return min(default, n_ctx) if n_ctx else default
+    if n_ctx and requested > n_ctx:
+        raise ConfigError(f"--context-len {requested} is longer than the model's context window (n_ctx={n_ctx})")
+    return requested
