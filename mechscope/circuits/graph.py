@@ -28,6 +28,7 @@ value input can be patched without touching the other heads of its group.
 Models whose heads' writes do not add up to the residual stream — a norm applied to the summed
 attention output (Gemma 2's ``use_normalization_before_and_after``, OLMo 2's post-norm) — have no
 such graph and are refused.
+
 **Nodes** scored against a ground truth: the heads and MLPs (``embed`` and ``logits`` are always
 in a circuit).
 """
