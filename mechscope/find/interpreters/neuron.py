@@ -52,14 +52,14 @@ F_MIN = 25.0  # F(1, n) for adding a term: p < ~1e-6, a Bonferroni bar for ~500 
 MAX_TERMS = 4
 
 
-def _stepwise(X: np.ndarray, y: np.ndarray) -> tuple[list[int], np.ndarray]:
+def _stepwise(X: np.ndarray, y: np.ndarray) -> tuple[list[int], np.ndarray, float]:
     """Forward stepwise least squares over the columns of ``X [n, H]`` (see the module docstring).
-    Returns the chosen columns and the coefficients ``[intercept, w_1, ...]``."""
+    Returns the chosen columns, the coefficients ``[intercept, w_1, ...]`` and the R^2 of the fit."""
     n = len(y)
     chosen: list[int] = []
     A = np.ones((n, 1))
     coef = np.array([y.mean()])
-    rss = float(((y - y.mean()) ** 2).sum())
+    rss = tss = float(((y - y.mean()) ** 2).sum())
     usable = [j for j in range(X.shape[1]) if 2 <= X[:, j].sum() <= n - 2]
     while len(chosen) < MAX_TERMS and rss > 1e-12:
         best = None
@@ -78,7 +78,7 @@ def _stepwise(X: np.ndarray, y: np.ndarray) -> tuple[list[int], np.ndarray]:
         if dof < 1 or (rss - r) / max(r / dof, 1e-12) < F_MIN:
             break
         chosen, A, coef, rss = chosen + [j], B, c, r
-    return chosen, coef
+    return chosen, coef, 1 - rss / max(tss, 1e-12)
 
 
 class NeuronInterpreter:
@@ -118,9 +118,7 @@ class NeuronInterpreter:
             hyps[name] = ("lexical", (src, desc), np.array([pred(w) for w in ws], float))
         keys = list(hyps)
         X = np.column_stack([hyps[k][2] for k in keys]) if keys else np.zeros((len(y), 0))
-        chosen, coef = _stepwise(X, y)
-        fit_r2 = 1 - float(((y - np.column_stack([np.ones(len(y))] + [X[:, j] for j in chosen]) @ coef) ** 2).sum()) / \
-            max(float(((y - y.mean()) ** 2).sum()), 1e-12)
+        chosen, coef, fit_r2 = _stepwise(X, y)
         meta = {"r2": fit_r2, "hypothesis": keys[chosen[0]] if chosen else None, "terms": [keys[j] for j in chosen],
                 "n_probes": len(ws)}
         lens = np.array([len(w) for w in ws], float)

@@ -420,11 +420,8 @@ def _fit_arith(count: Step, data) -> list[dict]:
         return []
     os_ = [float(o) for _, o in data]
     out = []
-    pairs = sorted({(v, o) for v, o in zip(vs, os_)})
-    distinct = sorted({v for v in vs})
-    if len(distinct) >= 2:
-        (v0, o0) = next(p for p in pairs if p[0] == distinct[0])
-        (v1, o1) = next(p for p in pairs if p[0] == distinct[-1])
+    (v0, o0), (v1, o1) = min(zip(vs, os_)), max(zip(vs, os_))
+    if v1 != v0:
         a = (o1 - o0) / (v1 - v0)
         b = o0 - a * v0
         a, b = (round(a) if abs(a - round(a)) < 1e-9 else a), (round(b) if abs(b - round(b)) < 1e-9 else b)
@@ -481,29 +478,27 @@ def _string_candidates(data):
             yield Program(prog.steps + [aff])
 
 
+def _distinct_outputs(ops: list[Op], inputs: list[str]) -> dict[tuple, Op]:
+    """``{outputs on inputs: the first op giving them}`` over the ops that run on every input."""
+    out: dict[tuple, Op] = {}
+    for op in ops:
+        try:
+            out.setdefault(tuple(op(p) for p in inputs), op)
+        except Exception:
+            continue
+    return out
+
+
 def _concat(data) -> Program | None:
     """``A(s) + sep + B(s)`` consistent with every probe: ``A`` must give a prefix of every output;
     ``B`` is looked up by its outputs on the probes; ``sep`` is read off what is left between."""
     if not data or not all(isinstance(o, str) for _, o in data):
         return None
-    inputs = [p for p, _ in data]
     outs = [o for _, o in data]
-    pieces = [EMPTY, IDENTITY] + OPS + COUNTS_AS_TEXT
-    values: dict[str, tuple] = {}
-    for op in pieces:
-        try:
-            vals = tuple(op(p) for p in inputs)
-        except Exception:
-            continue
-        if all(isinstance(v, str) for v in vals):
-            values[op.name] = vals
-    by_outputs: dict[tuple, Op] = {}
-    for op in pieces:
-        if op.name in values:
-            by_outputs.setdefault(values[op.name], op)
-    for a in pieces:
-        va = values.get(a.name)
-        if va is None or not all(o.startswith(x) for o, x in zip(outs, va)):
+    by_outputs = {v: op for v, op in _distinct_outputs([EMPTY, IDENTITY] + OPS + COUNTS_AS_TEXT, [p for p, _ in data]).items()
+                  if all(isinstance(x, str) for x in v)}
+    for va, a in by_outputs.items():
+        if not all(o.startswith(x) for o, x in zip(outs, va)):
             continue
         rests = [o[len(x):] for o, x in zip(outs, va)]
         common = os.path.commonprefix(rests)
@@ -516,16 +511,7 @@ def _concat(data) -> Program | None:
 
 def _depth2(data, deadline) -> Program | None:
     """Two fixed ops, pruned by output signature on the probes."""
-    inputs = [p for p, _ in data]
-    sigs, firsts = {}, []
-    for op in OPS:
-        try:
-            outs = tuple(op(p) for p in inputs)
-        except Exception:
-            continue
-        if outs not in sigs:
-            sigs[outs] = op
-            firsts.append((op, outs))
+    firsts = [(op, outs) for outs, op in _distinct_outputs(OPS, [p for p, _ in data]).items()]
     for op1, outs1 in firsts:
         if time.time() > deadline:
             return None
