@@ -20,12 +20,12 @@ from mechscope.models import Model, run_with_cache
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def random_model(normalization_type="LN", b_V=True, attn_only=True, seed=0, n_layers=2, pos="standard"):
+def random_model(normalization_type="LN", b_V=True, attn_only=True, seed=0, n_layers=2, pos="standard", **extra):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(n_layers=n_layers, d_model=24, n_heads=4, d_head=6, n_ctx=16, d_vocab=40, attn_only=attn_only,
                                   d_mlp=None if attn_only else 32, act_fn=None if attn_only else "gelu",
-                                  normalization_type=normalization_type, positional_embedding_type=pos, seed=seed, device="cpu")
+                                  normalization_type=normalization_type, positional_embedding_type=pos, seed=seed, device="cpu", **extra)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = HookedTransformer(cfg).eval()
@@ -146,6 +146,28 @@ def test_recursive_dfa_is_exact_at_every_node(norm, attn_only, pos):
     assert not any(n.kind == "source" and n.layer < 2 for n in shallow.walk())
     d = tree.to_dict()
     assert d["kind"] == "feature" and d["children"]
+
+
+# GPT-NeoX / Pythia-style parallel blocks; Gemma-2-style RMSNorm after attention and MLP (ln1_post / ln2_post)
+@pytest.mark.parametrize("norm,extra", [("LN", dict(parallel_attn_mlp=True, rotary_dim=4)),
+                                        ("RMS", dict(use_normalization_before_and_after=True, attn_scores_soft_cap=5.0))])
+def test_recursive_dfa_is_exact_on_parallel_and_post_norm_blocks(norm, extra):
+    model = random_model(norm, True, attn_only=False, seed=6, n_layers=3, pos="rotary", **extra)
+    sae = random_zsae(model, layer=2, activation="relu", seed=6)
+    toks = tokens(1, 12, seed=6)[0]
+    pre = direct_feature_attribution(model, sae, toks, features=[5], queries=[11]).pre[0]
+    tree = recursive_dfa(model, sae, toks, feature=5, query=11, top_sources=3, min_abs=0.0)
+    assert abs(tree.value - float(pre)) < 1e-9
+    assert tree.check() < 1e-6  # every source's residual split (earlier heads through ln1_post, b_O, MLPs) sums exactly
+    assert any(n.kind == "source" and n.layer == 0 for n in tree.walk()) and any(n.kind == "mlp" for n in tree.walk())
+
+
+def test_recursive_dfa_refuses_post_norm_only_blocks_by_name():
+    """OLMo 2: attention reads the raw residual and ln1 normalizes its output; no exact split is implemented."""
+    model = random_model("RMS", True, attn_only=False, seed=1, pos="rotary", original_architecture="Olmo2ForCausalLM")
+    sae = random_zsae(model, layer=1, seed=1)
+    with pytest.raises(ConfigError, match="Olmo2ForCausalLM"):
+        recursive_dfa(model, sae, tokens(1, 8)[0], feature=0, query=7)
 
 
 def test_recursive_dfa_with_a_residual_sae_splits_exactly():

@@ -25,6 +25,10 @@ def one_thread():
 
 TOKENS = torch.tensor([[1, 17, 5, 33, 8, 2, 40, 11], [3, 9, 9, 60, 21, 4, 2, 7]])
 PARALLEL = dict(parallel_attn_mlp=True, positional_embedding_type="rotary", rotary_dim=4)
+# Gemma-2-style: RMSNorm after attention and after the MLP (ln1_post / ln2_post), soft-capped attention
+# scores and output logits (the cap small enough to bend these logits), grouped-query attention, rotary
+GEMMA2 = dict(use_normalization_before_and_after=True, attn_scores_soft_cap=5.0, output_logits_soft_cap=2.0, n_key_value_heads=2,
+              positional_embedding_type="rotary", gated_mlp=True)
 
 
 def _rel(a: float, b: float, scale: float) -> float:
@@ -46,6 +50,8 @@ def _scale(att) -> float:
     # GPT-NeoX / Pythia-style: parallel attention and MLP (the MLP reads the block's input), rotary
     ("LN", "transcoder", "relu", "normalized", PARALLEL),
     ("LN", "skip_transcoder", "topk", "resid", PARALLEL),
+    ("RMS", "transcoder", "relu", "normalized", GEMMA2),
+    ("RMS", "skip_transcoder", "topk", "resid", GEMMA2),
 ])
 @pytest.mark.parametrize("splice", [True, False])
 def test_contributions_sum_exactly_to_logit_and_feature_targets(normalization, kind, activation, hook_in, extra, splice):
@@ -104,10 +110,10 @@ def test_float32_model_sums_to_its_logits_within_float_tolerance():
         assert _rel(att.total(), float(run.logits[b, 7].double() @ u), _scale(att)) < 1e-5
 
 
-@pytest.mark.parametrize("extra", [{}, PARALLEL])
-def test_input_invariant_connections_match_input_dependent_attribution(extra):
-    model = tiny_model(seed=7, **extra)
-    parallel = bool(extra)
+@pytest.mark.parametrize("normalization,extra", [("LN", {}), ("LN", PARALLEL), ("RMS", GEMMA2)])
+def test_input_invariant_connections_match_input_dependent_attribution(normalization, extra):
+    model = tiny_model(normalization=normalization, seed=7, **extra)
+    parallel = bool(extra.get("parallel_attn_mlp"))
     ts = random_transcoders(model, seed=8)
     run = ReplacementRun(model, ts, TOKENS[:1])
     b, p, src = 0, 6, 2
@@ -133,8 +139,11 @@ def test_input_invariant_connections_match_input_dependent_attribution(extra):
         sub = attribute(run, child_target(run, att.target, head))
         th = through_head(model, ts, 0, 1, h, 1)
         A = float(run.pattern[1][b, h, p, src])
-        expect = A * run.codes[0][b, src] * th[:, i] / (float(run.s1[1][b, src]) * s2)
+        s1_post = float(run.s1_post[1][b, p])  # ln1_post's frozen scale (1 without post-norms)
+        expect = A * run.codes[0][b, src] * th[:, i] / (float(run.s1[1][b, src]) * s2 * s1_post)
         assert torch.allclose(sub.features[0], expect, rtol=1e-9, atol=1e-12)
+    if extra.get("output_logits_soft_cap"):
+        return  # the direct path to soft-capped logits has an input-dependent gain per logit (tested above)
     # direct path to the logits
     u = token_direction(run, [3], [4])
     att = attribute(run, logit_target(run, b, p, u))
@@ -151,6 +160,13 @@ def test_norm_free_model_needs_the_raw_residual_input():
         collect_rows(model, [0], TOKENS)
     rows = collect_rows(model, [0], TOKENS, hook_in="resid")
     assert rows["blocks.0.hook_resid_mid"].shape == (TOKENS.numel(), 32)
+
+
+def test_post_norm_only_blocks_are_refused_by_name():
+    """OLMo 2 normalizes each sublayer's output with ln1 / ln2 and reads the raw residual: refused, not decomposed wrongly."""
+    model = tiny_model(normalization="RMS", seed=0, original_architecture="Olmo2ForCausalLM")
+    with pytest.raises(TranscoderError, match="Olmo2ForCausalLM"):
+        ReplacementRun(model, random_transcoders(model), TOKENS)
 
 
 def test_errors_name_what_is_wrong():

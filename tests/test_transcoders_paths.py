@@ -77,3 +77,24 @@ def test_search_options_are_checked_and_depth_is_bounded():
     assert all(len(p.nodes) == 1 for p in paths)
     with pytest.raises(Exception, match="rank must be one of"):
         _search(planted, rank="sum")
+
+
+def test_paths_on_a_post_norm_model_become_a_named_circuit():
+    """Gemma-2-style post-norms: the circuit graph refuses patching (a head's write is not z @ W_O), but
+    paths found by exact attribution are still named and recorded as a circuit over the same components."""
+    from mechscope.circuits.errors import CircuitError
+    from mechscope.transcoders.planted import random_transcoders, tiny_model
+
+    model = tiny_model(normalization="RMS", seed=2, use_normalization_before_and_after=True, output_logits_soft_cap=2.0)
+    ts = random_transcoders(model, seed=3)
+    run = ReplacementRun(model, ts, torch.tensor([[1, 17, 5, 33, 8, 2, 40, 11]]))
+    target = logit_target(run, 0, 7, token_direction(run, [3], [5]))
+    paths = find_paths(run, target, beam=4, top_k=3, n_paths=4)
+    contributions = {n.name: v for n, v in attribute(run, target).entries()}
+    assert paths and all(abs(contributions[p.nodes[0].name] - p.values[0]) < 1e-9 for p in paths)
+    circuit = paths_to_circuit(PathSearchResult([paths], [paths[0].root_value], {"n": 1}), model, "post-norm")
+    with pytest.raises(CircuitError, match="use_normalization_before_and_after"):
+        Graph.of(model)
+    graph = Graph.of(model, patching=False)
+    assert Graph.of_circuit(circuit) == graph and set(circuit.node_scores) == set(graph.nodes)
+    assert circuit.nodes and set(circuit.nodes) <= set(graph.nodes)

@@ -12,6 +12,9 @@ into its children's values:
   stream ``x_k`` (input of layer ``l``) dotted with ``d = centre(g * (W_V[h] w) / scale_k) * pattern``,
   split into its components: ``embed``, ``pos_embed``, every earlier layer's heads (each a
   **head** node read along ``W_O[h'] d`` — the recursion), ``b_O`` and MLP outputs (leaves).
+  The residual is the same sum in parallel blocks (GPT-NeoX / Pythia). With Gemma 2's norm after
+  attention (``ln1_post``, scale frozen) earlier heads and ``b_O`` are read along ``w1p ⊙ d / s1p``;
+  ``hook_mlp_out`` already includes ``ln2_post``.
 * If a residual-stream SAE on ``blocks.l.hook_resid_pre`` is given, a source node also carries an
   alternative exact split of ``x_k . d`` into SAE features, ``b_dec`` and the reconstruction error
   (``Node.alternatives["resid_sae"]``); the recursion follows the component split.
@@ -29,7 +32,7 @@ from torch import Tensor
 
 from mechscope.attention.dfa import bias_terms, encoder_blocks, preactivations, zsae_info
 from mechscope.errors import ConfigError
-from mechscope.models.model import as_model
+from mechscope.models.model import as_model, has_post_norms, post_norm_architectures
 
 
 @dataclass
@@ -97,12 +100,12 @@ class _Ctx:
         self.cfg = cfg
         if cfg.positional_embedding_type not in ("standard", "rotary", "shortformer", "alibi"):
             raise ConfigError(f"unsupported positional embedding {cfg.positional_embedding_type!r}")
-        if getattr(cfg, "parallel_attn_mlp", False):
-            raise ConfigError("recursive DFA assumes sequential attention and MLP blocks; this model runs them in parallel")
         if cfg.normalization_type not in (None, "LN", "LNPre", "RMS", "RMSPre"):
             raise ConfigError(f"unsupported normalization {cfg.normalization_type!r}")
-        if getattr(cfg, "use_normalization_before_and_after", False):
-            raise ConfigError("recursive DFA does not support normalization after the attention output")
+        if getattr(cfg, "original_architecture", None) in post_norm_architectures():
+            raise ConfigError(f"recursive DFA does not support {cfg.original_architecture}'s post-norm blocks (attention reads the raw "
+                              "residual and ln1 normalizes its output)")
+        self.post_norms = has_post_norms(cfg)
         names = ["hook_embed"]
         self.std_pos = cfg.positional_embedding_type == "standard"
         if self.std_pos:
@@ -113,6 +116,8 @@ class _Ctx:
                 names.append(f"blocks.{l}.ln1.hook_scale")
             if not cfg.attn_only and l < layer:
                 names.append(f"blocks.{l}.hook_mlp_out")
+            if self.post_norms and l < layer:
+                names.append(f"blocks.{l}.ln1_post.hook_scale")
         names += [h for h in resid_saes if h not in names]
         self.cache = {k: v[0].to(dtype) for k, v in run_with_cache(model, tokens, names).items()}
         self.tokens = tokens[0]
@@ -142,6 +147,14 @@ class _Ctx:
         from mechscope.attention.dfa import _per_head
 
         return _per_head(self.cache[f"blocks.{l}.attn.hook_v"], self.cfg.n_heads, 1)  # [K, H, D]
+
+    def attention_read(self, l: int, k: int, d: Tensor) -> Tensor:
+        """The direction along which layer ``l``'s summed attention output (before any post-norm)
+        is read at position ``k`` when the residual is read along ``d``: ``w1p ⊙ d / s1p`` with
+        Gemma 2's ``ln1_post`` (scale frozen), ``d`` otherwise."""
+        if not self.post_norms:
+            return d
+        return d * self.p(self.m.blocks[l].ln1_post.w) / self.cache[f"blocks.{l}.ln1_post.hook_scale"][k].reshape(())
 
     def ln(self, l: int, k: int) -> tuple[Tensor | None, Tensor | None, Tensor | None, bool]:
         """``(gain, bias, scale, centre)`` of layer ``l``'s attention-input norm at position ``k``."""
@@ -217,9 +230,10 @@ def _expand_source(ctx: _Ctx, node: Node, depth: int, opts: dict, decode) -> Non
         kids.append(Node("pos_embed", float(c["hook_pos_embed"][k] @ d), position=k, label=f"position embedding {k}"))
     for lp in range(l):
         W_O = ctx.p(ctx.attn(lp).W_O)  # [H, D, d_model]
+        da = ctx.attention_read(lp, k, d)
         heads = []
         for hp in range(ctx.cfg.n_heads):
-            w = W_O[hp] @ d
+            w = W_O[hp] @ da
             if depth - 1 > 0:
                 heads.append(_head_node(ctx, lp, hp, k, w, depth - 1, opts, decode))
             else:
@@ -228,7 +242,7 @@ def _expand_source(ctx: _Ctx, node: Node, depth: int, opts: dict, decode) -> Non
         kids += heads
         b_O = getattr(ctx.attn(lp), "b_O", None)
         if b_O is not None:
-            kids.append(Node("b_O", float(ctx.p(b_O) @ d), layer=lp, label=f"b_O of layer {lp}"))
+            kids.append(Node("b_O", float(ctx.p(b_O) @ da), layer=lp, label=f"b_O of layer {lp}"))
         if not ctx.cfg.attn_only:
             kids.append(Node("mlp", float(c[f"blocks.{lp}.hook_mlp_out"][k] @ d), layer=lp, position=k,
                              label=f"MLP {lp} output at {k} (frozen)"))

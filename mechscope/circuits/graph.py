@@ -42,19 +42,9 @@ import torch
 
 from mechscope.circuits.circuit import edge_key
 from mechscope.circuits.errors import CircuitError
+from mechscope.models.model import post_norm_architectures
 
 CHANNELS = ("q", "k", "v")
-
-
-def _post_norm_architectures() -> set[str]:
-    """TransformerLens's post-norm architectures (a set that older TransformerLens releases lack)."""
-    import importlib
-
-    try:
-        arch = importlib.import_module("transformer_lens.utilities.architectures")
-    except ModuleNotFoundError:
-        return set()
-    return set(getattr(arch, "POST_NORM_ARCHITECTURES", ()))
 
 
 @dataclass(frozen=True)
@@ -67,8 +57,12 @@ class Graph:
     parallel_attn_mlp: bool = False
 
     @classmethod
-    def of(cls, model) -> "Graph":
-        """The graph of a mechscope ``Model`` (or bare ``HookedTransformer``)."""
+    def of(cls, model, patching: bool = True) -> "Graph":
+        """The graph of a mechscope ``Model`` (or bare ``HookedTransformer``).
+
+        ``patching=False``: only the names of nodes and edges are needed (to name and score a
+        circuit found another way, e.g. by exact transcoder attribution), so models whose heads'
+        writes are not additive (post-norms) are accepted."""
         module = getattr(model, "module", model)
         cfg = getattr(module, "cfg", None)
         if cfg is None or not hasattr(cfg, "n_heads"):
@@ -77,11 +71,11 @@ class Graph:
             from mechscope.models.model import require_hooked_transformer
 
             require_hooked_transformer(model, "the circuit graph", CircuitError)
-        if getattr(cfg, "use_normalization_before_and_after", False):
+        if patching and getattr(cfg, "use_normalization_before_and_after", False):
             raise CircuitError("this model normalises the summed attention and MLP outputs before adding them to the residual stream "
                                "(use_normalization_before_and_after, as in Gemma 2): a head's write is not z @ W_O, so the circuit graph "
                                "does not apply")
-        if getattr(cfg, "original_architecture", None) in _post_norm_architectures():
+        if patching and getattr(cfg, "original_architecture", None) in post_norm_architectures():
             raise CircuitError(f"{cfg.original_architecture} is a post-norm architecture (a norm on the summed attention output): "
                                "a head's write is not z @ W_O, so the circuit graph does not apply")
         attn_only = bool(cfg.attn_only)

@@ -98,6 +98,25 @@ def require_hooked_transformer(model: Model | nn.Module, what: str, error: type[
     return model
 
 
+def post_norm_architectures() -> set[str]:
+    """TransformerLens's post-norm architectures (OLMo 2 / 3: attention and MLP read the raw
+    residual, ``ln1`` / ``ln2`` normalize their *outputs*); empty for TransformerLens releases
+    that lack the set."""
+    import importlib
+
+    try:
+        arch = importlib.import_module("transformer_lens.utilities.architectures")
+    except ModuleNotFoundError:
+        return set()
+    return set(getattr(arch, "POST_NORM_ARCHITECTURES", ()))
+
+
+def has_post_norms(cfg) -> bool:
+    """Gemma 2 style blocks (``use_normalization_before_and_after``): an RMSNorm after attention
+    (``ln1_post``) and after the MLP (``ln2_post``), before each adds to the residual stream."""
+    return bool(getattr(cfg, "use_normalization_before_and_after", False)) and getattr(cfg, "normalization_type", None) is not None
+
+
 def context_window(model: Model) -> int | None:
     """The longest input ``model`` reads (TL ``n_ctx``; HF ``n_positions`` / ``max_position_embeddings``), if it says."""
     tl_cfg, hf_cfg = getattr(model.module, "cfg", None), getattr(model.module, "config", None)

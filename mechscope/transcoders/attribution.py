@@ -6,7 +6,8 @@ prompt: ``value = d · resid[stage][b, pos] + const``. Two kinds start an analys
 
 * a **logit direction** (:func:`logit_target`): ``u`` over the vocabulary (e.g. the logit
   difference of a task's answers) read through ``ln_final`` with its scale frozen and ``W_U``:
-  ``d = C(w_f ⊙ W_U u) / s_f``, ``const = b_f · W_U u + b_U · u``;
+  ``d = C(w_f ⊙ W_U u) / s_f``, ``const = b_f · W_U u + b_U · u`` (Gemma 2's output soft-cap
+  ``cap · tanh(r / cap)``: ``u`` is first scaled by each logit's frozen gain ``tanh(r / cap) / (r / cap)``);
 * a **transcoder feature's pre-activation** (:func:`feature_target`):
   ``d = C(W_enc[i]) / s2`` (ln2's scale frozen; ``W_enc[i]`` for a raw-residual input),
   ``const = b_enc[i]``. (``W_enc[i]`` is row i of the ``[n_latents, d_in]`` encoder, the column
@@ -20,7 +21,8 @@ patterns, LayerNorm scales and feature activations frozen every path is linear):
 * ``feature`` (layer l < the target, same position): ``a_j · (W_dec[j] · d)``;
 * ``head`` x source token (layer l, head h, source k): ``A[h, pos, k] · (ln1(x_k) ⊙ w1 - ...)``
   — the frozen pattern times the OV circuit of the (centred, frozen-scale) source residual:
-  ``A[h, pos, k] · ln1_normalized[k] · (w1 ⊙ W_V^h W_O^h d)``;
+  ``A[h, pos, k] · ln1_normalized[k] · (w1 ⊙ W_V^h W_O^h d)``; in post-norm models (Gemma 2's
+  ``ln1_post`` after attention) ``d`` is replaced by ``w1p ⊙ d / s1p`` (the post-norm's frozen scale);
 * ``skip`` (skip-transcoders): ``(W_skip x) · d``; ``error``: ``(mlp_out - transcoder(x)) · d``
   (zero up to rounding when the transcoders are spliced in); ``mlp``: a layer without a
   transcoder, opaque;
@@ -130,11 +132,17 @@ class Target:
 
 
 def logit_target(run: ReplacementRun, batch: int, pos: int, vocab_direction: Tensor, label: str = "logit") -> Target:
-    """A direction ``u [vocab]`` over the logits at ``(batch, pos)``; value = ``u · logits`` (frozen ln_final scale)."""
+    """A direction ``u [vocab]`` over the logits at ``(batch, pos)``; value = ``u · logits`` (frozen
+    ln_final scale; with an output soft-cap, each logit's gain ``tanh(r / cap) / (r / cap)`` frozen too)."""
     u = vocab_direction.detach().double().cpu()
     if u.shape != (run.cfg.d_vocab_out,):
         raise ConfigError(f"vocab_direction must be [{run.cfg.d_vocab_out}]; found {list(u.shape)}")
     _check_place(run, batch, pos)
+    cap = float(getattr(run.cfg, "output_logits_soft_cap", 0.0) or 0.0)
+    if cap > 0:  # logits = cap tanh(raw / cap): freeze each logit's gain tanh(raw / cap) / (raw / cap) at this input
+        raw = run.raw_logits(batch, pos)
+        ratio = raw / cap
+        u = u * torch.where(ratio == 0, 1.0, torch.tanh(ratio) / ratio)
     W_U, b_U = run.w("W_U"), run.w("b_U")
     r = W_U @ u  # [d_model]
     d = read_direction(run.w("lnf_w") * r, run.cfg, run.lnf_scale[batch, pos])
@@ -266,13 +274,14 @@ def attribute(run: ReplacementRun, target: Target) -> Attribution:
     for l in range(cfg.n_layers):
         if attention_writes_before(cfg, l, s):
             W_V, W_O = run.w("W_V", l), run.w("W_O", l)  # [h, dm, dh], [h, dh, dm]
-            od = W_O @ d  # [h, dh]
+            da = run.attention_read(l, d, b, p)
+            od = W_O @ da  # [h, dh]
             u = torch.einsum("hmd,hd->hm", W_V, od) * run.w("ln1_w", l)  # [h, dm]
             A = run.pattern[l][b, :, p, : p + 1]  # [h, k]
             att.heads[l] = A * (run.ln1[l][b, : p + 1] @ u.T).T  # [h, k]
             vbias = (run.w("ln1_b", l) @ W_V + run.w("b_V", l))  # [h, dh]
             head_bias = (vbias * od).sum(-1) * A.sum(-1)  # [h]
-            att.bias[f"attn{l}.b_O"] = float(run.w("b_O", l) @ d)
+            att.bias[f"attn{l}.b_O"] = float(run.w("b_O", l) @ da)
             att.bias[f"attn{l}.value_bias"] = float(head_bias.sum())
         if 2 * l + 2 <= s:  # MLP of layer l writes before this stage
             if l in run.ts:
@@ -296,7 +305,7 @@ def child_target(run: ReplacementRun, parent: Target, node: Node) -> Target:
         return Target(b, 2 * node.layer + 1, node.pos, direction, coef * float(run.tc(node.layer, "b_enc")[node.index]), node)
     if node.kind == "head":
         l, h, k = node.layer, node.index, node.src
-        u = run.w("W_V", l)[h] @ (run.w("W_O", l)[h] @ d) * run.w("ln1_w", l)  # [dm]
+        u = run.w("W_V", l)[h] @ (run.w("W_O", l)[h] @ run.attention_read(l, d, b, node.pos)) * run.w("ln1_w", l)  # [dm]
         a = float(run.pattern[l][b, h, node.pos, k])
         direction = a * read_direction(u, cfg, run.s1[l][b, k])
         return Target(b, 2 * l, k, direction, 0.0, node)

@@ -17,8 +17,10 @@ RMS norms do not centre; a transcoder reading the raw residual (``hook_resid_mid
   blocks, whose MLP does not see its own layer's attention): the head reads its
   input through ``ln1``: ``(C(v) ⊙ w1) W_V^h W_O^h · C(W_enc^L[i])`` for a writer ``v``
   (``W_dec^l[j]`` or ``W_E[t]``); the attention pattern (input-dependent) is left out: this is
-  the connection *if* the head attended fully to the writer's position.
-* **to the logits**: ``W_dec^l[j] · C(w_f ⊙ W_U[:, t])`` (through ``ln_final``'s weight).
+  the connection *if* the head attended fully to the writer's position. Post-norm models (Gemma 2)
+  multiply the head's write by ``ln1_post``'s weight (its scale dropped like ``ln2``'s).
+* **to the logits**: ``W_dec^l[j] · C(w_f ⊙ W_U[:, t])`` (through ``ln_final``'s weight; an output
+  soft-cap is left out, its gain is input-dependent).
 
 :func:`top_connections` lists the strongest of each kind, upstream and downstream, for one feature.
 
@@ -33,7 +35,7 @@ from torch import Tensor
 
 from mechscope.errors import ConfigError
 from mechscope.models.model import as_model
-from mechscope.transcoders.replacement import TranscoderSet, _weight, check_model, read_direction
+from mechscope.transcoders.replacement import TranscoderSet, _weight, check_model, has_post_norms, read_direction
 
 
 class _Weights:
@@ -69,9 +71,11 @@ class _Weights:
 
     def ov_read(self, writers: Tensor, layer: int, head: int) -> Tensor:
         """``(C(writers) ⊙ w1) W_V^h W_O^h``: what head ``head`` of ``layer`` writes when it attends
-        fully to a position holding each writer vector. ``writers [n, d_model] -> [n, d_model]``."""
+        fully to a position holding each writer vector (times ``ln1_post``'s weight ``w1p`` in
+        post-norm models; its scale dropped like the others). ``writers [n, d_model] -> [n, d_model]``."""
         x = read_direction(writers, self.cfg) * self.w("ln1_w", layer)
-        return (x @ self.w("W_V", layer)[head]) @ self.w("W_O", layer)[head]
+        out = (x @ self.w("W_V", layer)[head]) @ self.w("W_O", layer)[head]
+        return out * self.w("ln1_post_w", layer) if has_post_norms(self.cfg) else out
 
 
 def _weights(model, ts) -> _Weights:

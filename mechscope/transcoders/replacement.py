@@ -39,7 +39,7 @@ from torch import Tensor
 
 from mechscope.dictionaries import Dictionary
 from mechscope.errors import ConfigError
-from mechscope.models.model import Model, as_model
+from mechscope.models.model import Model, as_model, has_post_norms, post_norm_architectures
 
 _IN_RE = re.compile(r"^blocks\.(\d+)\.(ln2\.hook_normalized|hook_resid_mid|hook_mlp_in)$")
 _OUT_RE = re.compile(r"^blocks\.(\d+)\.hook_mlp_out$")
@@ -179,8 +179,9 @@ def check_model(model) -> object:
     if cfg.attn_only:
         raise TranscoderError("the model is attention-only; transcoders stand in for MLPs")
     problems = []
-    if getattr(cfg, "use_normalization_before_and_after", False):
-        problems.append("post-norms (normalization before and after)")
+    if getattr(cfg, "original_architecture", None) in post_norm_architectures():
+        problems.append(f"{cfg.original_architecture}'s post-norm blocks (attention and MLP read the raw residual; ln1 / ln2 "
+                        "normalize their outputs)")
     if cfg.normalization_type not in (None, "LN", "LNPre", "RMS", "RMSPre"):
         problems.append(f"normalization {cfg.normalization_type!r}")
     if problems:
@@ -240,7 +241,9 @@ class ReplacementRun:
       ``error[l] = mlp_out - recon`` (zero up to rounding when spliced);
     * ``mlp_out[l] [b, p, d_model]``: what each MLP (or its transcoder) wrote to the residual;
     * ``resid[stage] [b, p, d_model]``: the residual stream at each stage (module docstring);
-    * ``lnf_scale [b, p, 1]``: ``ln_final``'s frozen scale.
+    * ``lnf_scale [b, p, 1]``: ``ln_final``'s frozen scale;
+    * post-norm models (:func:`has_post_norms`): ``s1_post[l] [b, p, 1]``, ``ln1_post``'s frozen scale
+      (ones otherwise).
     """
 
     def __init__(self, model, transcoders: TranscoderSet, tokens: Tensor, *, splice: bool = True):
@@ -260,6 +263,7 @@ class ReplacementRun:
         self.has_norm = cfg.normalization_type is not None
         self.has_pos = cfg.positional_embedding_type == "standard"
         self.parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
+        self.post_norms = has_post_norms(cfg)
         cache: dict[str, Tensor] = {}
 
         def keep(name):
@@ -278,6 +282,8 @@ class ReplacementRun:
             if self.has_norm:
                 hooks += [(f"blocks.{l}.ln1.hook_normalized", keep(f"ln1{l}")), (f"blocks.{l}.ln1.hook_scale", keep(f"s1{l}")),
                           (f"blocks.{l}.ln2.hook_scale", keep(f"s2{l}"))]
+            if self.post_norms:
+                hooks.append((f"blocks.{l}.ln1_post.hook_scale", keep(f"s1_post{l}")))
             if l in transcoders:
                 d = transcoders[l]
 
@@ -320,6 +326,7 @@ class ReplacementRun:
         self.ln1 = {l: f64(cache[f"ln1{l}"]) if self.has_norm else self.resid[2 * l] for l in range(n_layers)}
         self.s1 = {l: _scale(cache.get(f"s1{l}"), ones) for l in range(n_layers)}
         self.s2_ln = {l: _scale(cache.get(f"s2{l}"), ones) for l in range(n_layers)}
+        self.s1_post = {l: _scale(cache.get(f"s1_post{l}"), ones) for l in range(n_layers)}
         self.lnf_scale = _scale(cache.get("lnf_scale"), ones)
         self.mlp_out = {l: f64(cache[f"mlp_out{l}"]) for l in range(n_layers)}
         self.x_tc, self.codes, self.recon, self.error, self.skip_out, self.s2 = {}, {}, {}, {}, {}, {}
@@ -362,6 +369,21 @@ class ReplacementRun:
             self._weights[key] = getattr(self.ts[layer], name).detach().double().cpu()
         return self._weights[key]
 
+    def attention_read(self, layer: int, d: Tensor, batch: int, pos: int) -> Tensor:
+        """The direction along which layer ``layer``'s summed attention output (heads and ``b_O``,
+        before any post-norm) is read when the residual at ``(batch, pos)`` is read along ``d``:
+        ``w1p ⊙ d / s1p`` in post-norm models (``ln1_post``'s scale frozen), ``d`` otherwise."""
+        if not self.post_norms:
+            return d
+        return d * self.w("ln1_post_w", layer) / self.s1_post[layer][batch, pos]
+
+    def raw_logits(self, batch: int, pos: int) -> Tensor:
+        """``[vocab]`` float64: the logits before the output soft-cap, recomputed from the final residual."""
+        x = self.resid[self.final_stage][batch, pos]
+        if self.has_norm:
+            x = read_direction(x, self.cfg, self.lnf_scale[batch, pos]) * self.w("lnf_w") + self.w("lnf_b")
+        return x @ self.w("W_U") + self.w("b_U")
+
     def encoder_direction(self, layer: int, feature: int, batch: int, pos: int) -> Tensor:
         """The residual-stream (stage ``2 layer + 1``) direction whose dot product with the
         residual is feature ``feature``'s pre-activation minus ``b_enc`` at this position
@@ -395,6 +417,8 @@ def _weight(module, cfg, name: str, layer: int | None) -> Tensor:
         ln = module.blocks[layer].ln1
         v = ln_weight(ln, cfg) if name == "ln1_w" else ln_bias(ln, cfg)
         return v if v is not None else (torch.ones(cfg.d_model, dtype=torch.float64) if name == "ln1_w" else torch.zeros(cfg.d_model, dtype=torch.float64))
+    if name == "ln1_post_w":
+        return f(module.blocks[layer].ln1_post.w)
     if name in ("lnf_w", "lnf_b"):
         ln = getattr(module, "ln_final", None)
         v = None if ln is None else (ln_weight(ln, cfg) if name == "lnf_w" else ln_bias(ln, cfg))
