@@ -110,6 +110,21 @@ def test_float32_model_sums_to_its_logits_within_float_tolerance():
         assert _rel(att.total(), float(run.logits[b, 7].double() @ u), _scale(att)) < 1e-5
 
 
+def test_exactness_flag_allows_the_model_dtypes_rounding_only():
+    """bfloat16 activations are rounded before they are cached: the sum closes to ~1e-4 of its scale,
+    which the CLI's flag accepts; dropping one real term (the heads) is flagged."""
+    from dataclasses import replace
+
+    from mechscope.transcoders.cli import exactness
+
+    model = tiny_model(dtype=torch.bfloat16, seed=5)
+    run = ReplacementRun(model, random_transcoders(model, dtype="float32", seed=6), TOKENS)
+    att = attribute(run, logit_target(run, 0, 7, token_direction(run, [1], [2])))
+    ok = exactness(att, model)
+    assert ok["exact"] and 0 < ok["sum_gap"] < 1e-3 * _scale(att)
+    assert not exactness(replace(att, heads={}), model)["exact"]
+
+
 @pytest.mark.parametrize("normalization,extra", [("LN", {}), ("LN", PARALLEL), ("RMS", GEMMA2)])
 def test_input_invariant_connections_match_input_dependent_attribution(normalization, extra):
     model = tiny_model(normalization=normalization, seed=7, **extra)
