@@ -178,3 +178,46 @@ def test_list_tasks():
     tasks = list_tasks()
     assert set(tasks) == {"ioi", "greater_than", "docstring", "induction"}
     assert "code" in tasks["ioi"] and "paper" in tasks["docstring"]
+
+
+@pytest.fixture(scope="module")
+def digit_tok():
+    """A Llama-style tokenizer, trained offline: SentencePiece-like word pieces ("▁war") and numbers
+    written one digit per token, as in Llama 1/2, Mistral, Gemma and Qwen ("1732" -> "1" "7" "3" "2")."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from mechscope.tasks import greater_than
+
+    text = [f"The {noun} lasted from the year {c}{y:02d} to the year {c}{(y * 7) % 100:02d}" for noun in greater_than.NOUNS
+            for c, y in [(11 + len(noun) % 7, len(noun) * 9 % 100)]]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Digits(individual_digits=True)])
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(text * 3 + [" ".join(str(d) for d in range(10))],
+                            trainers.BpeTrainer(vocab_size=1500, special_tokens=["<unk>", "<s>", "</s>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_greater_than_digits_variant_for_single_digit_tokenizers(digit_tok):
+    """No "32" token: the next token is the tens digit; years are 17D9, so 'tens digit > D' is exactly 'year > 17D9'."""
+    from mechscope.tasks.greater_than import default_variant
+
+    with pytest.raises(VocabularyError, match="two-digit years"):
+        make_task("greater_than", digit_tok, n=8, variant="paper")
+    assert default_variant(digit_tok) == "digits"
+    task = make_task("greater_than", digit_tok, n=32, seed=1, split="heldout")  # picks "digits" by itself
+    assert task.variant == "digits"
+    _check_task(task, digit_tok)
+    digits = [digit_tok.decode([int(i)]).strip() for i in task.candidate_ids]
+    assert sorted(digits) == [str(d) for d in range(10)]
+    for i, text in enumerate(task.clean_text):
+        start, end = text.split("from the year ")[1].split(" to the year ")
+        assert start.startswith(end) and start[-1] == "9"  # "1739 to the year 17"
+        assert digit_tok.decode(task.clean[i, -2:].tolist()).replace(" ", "") == end  # the prompt ends in the century's digits
+        year = int(start)
+        for d, ok in zip(digits, task.correct[i].tolist()):  # every year with this tens digit is greater, or none is
+            assert ok == all(int(f"{end}{d}{u}") > year for u in range(10)) == any(int(f"{end}{d}{u}") > year for u in range(10))
+        assert task.correct[i, list(task.candidate_ids).index(int(task.answer_ids[i]))]
+    corrupted = task.corrupted_text[0].split("from the year ")[1]
+    assert corrupted.startswith(task.clean_text[0].split(" to the year ")[1] + "01")
