@@ -18,8 +18,9 @@ Every torch call made while the network runs is intercepted with a
 Three passes share one *tape*:
 
 * ``record`` runs on ``x0``: every non-linear call stores its decision in call order — ReLU /
-  LeakyReLU masks, the secant gain ``(f(x0) - f(0)) / x0`` of GELU, SiLU, sigmoid, tanh and
-  friends (the derivative at ``x0 == 0``), max-pool / max / top-k indices, the ``1/sigma`` of
+  LeakyReLU / ReLU6 / hardtanh / hardsigmoid masks (their local linear piece), the secant gain
+  ``(f(x0) - f(0)) / x0`` of GELU, SiLU, hardswish, sigmoid, tanh and friends (the derivative at
+  ``x0 == 0``), max-pool / max / top-k indices, the ``1/sigma`` of
   batch, instance, group, layer and RMS norms, attention patterns, comparisons and any other
   integer-valued result (a *decision*).
 * ``affine`` replays the same calls on another input ``v`` with the decisions fixed:
@@ -472,7 +473,7 @@ _UNARY_LINEAR = [
     "circular_pad3d", "as_tensor", "detach_copy", "view_copy", "expand_copy", "permute_copy",
     "squeeze_copy", "unsqueeze_copy", "transpose_copy", "t_copy", "unbind_copy", "split_copy",
     "slice_copy", "select_copy", "narrow_copy", "diagonal_copy", "max_unpool1d", "max_unpool2d",
-    "max_unpool3d",
+    "max_unpool3d", "grid_sample",
 ]
 _SHAPE_REF = {"view_as", "reshape_as", "expand_as", "type_as", "to"}
 
@@ -872,7 +873,6 @@ _SMOOTH: dict[str, Callable] = {
     "celu": lambda x, alpha=1.0, inplace=False: F.celu(x, alpha),
     "mish": lambda x, inplace=False: F.mish(x),
     "hardswish": lambda x, inplace=False: F.hardswish(x),
-    "hardsigmoid": lambda x, inplace=False: F.hardsigmoid(x),
     "logsigmoid": lambda x: F.logsigmoid(x),
     "softsign": lambda x: F.softsign(x),
     "tanhshrink": lambda x: F.tanhshrink(x),
@@ -915,6 +915,10 @@ def _piecewise(name: str, c: _Call, x: torch.Tensor) -> tuple[torch.Tensor, torc
             inside &= ~(x > hi)
         g = inside.to(x.dtype)
         return g, torch.where(inside, torch.zeros_like(y), y), y
+    if name == "hardsigmoid":  # clamp(x / 6 + 1/2, 0, 1)
+        y = F.hardsigmoid(x)
+        inside = (x > -3) & (x < 3)
+        return inside.to(x.dtype) / 6, torch.where(inside, torch.full_like(x, 0.5), y), y
     if name == "prelu":
         w = _arg(c, 1, "weight")
         if w.numel() > 1 and x.dim() >= 2:
@@ -938,7 +942,7 @@ def _piecewise(name: str, c: _Call, x: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 _PIECEWISE = ["relu", "leaky_relu", "hardtanh", "relu6", "clamp", "clip", "clamp_min", "clamp_max",
-              "threshold", "prelu", "rrelu", "abs", "hardshrink", "softshrink"]
+              "threshold", "prelu", "rrelu", "abs", "hardshrink", "softshrink", "hardsigmoid"]
 
 
 def _h_gain(m, c):
