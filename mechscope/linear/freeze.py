@@ -15,14 +15,22 @@ Every torch call made while the network runs is intercepted with a
   attention scores ``q·k`` once the pattern is frozen, the ``pow``/``sqrt`` inside a norm whose
   scale is frozen) it is harmless.
 
+Frozen multipliers (:mod:`mechscope.linear.multipliers`): in an elementwise product of two
+input-dependent tensors (or a quotient), a factor that is a gate (``sigmoid`` / ``hardsigmoid``
+output: squeeze-excitation, CBAM, LSTM), another activation's output, or a *known* non-linear
+function (``POISON`` from ``sqrt``, ``pow``, ``rsqrt``, a product...: a hand-written norm's
+``1/sigma``) is a decision: its value on ``x0`` is recorded and replayed, so ``x * gate(x)``
+becomes ``x * gate(x0)`` — exact at ``x0``, like a frozen attention pattern. ``Taint.rank``
+decides which factor; a tie is not frozen, and an unknown op's ``POISON`` never is.
+
 Three passes share one *tape*:
 
 * ``record`` runs on ``x0``: every non-linear call stores its decision in call order — ReLU /
   LeakyReLU / ReLU6 / hardtanh / hardsigmoid masks (their local linear piece), the secant gain
   ``(f(x0) - f(0)) / x0`` of GELU, SiLU, hardswish, sigmoid, tanh and friends (the derivative at
   ``x0 == 0``), max-pool / max / top-k indices, the ``1/sigma`` of
-  batch, instance, group, layer and RMS norms, attention patterns, comparisons and any other
-  integer-valued result (a *decision*).
+  batch, instance, group, layer and RMS norms, attention patterns, frozen multipliers,
+  comparisons and any other integer-valued result (a *decision*).
 * ``affine`` replays the same calls on another input ``v`` with the decisions fixed:
   ``F_frozen(v) = A v + c``; ``F_frozen(x0) = f(x0)``.
 * ``linear`` replays them with every additive constant dropped (biases, norm shifts, ``+ 1``,
@@ -65,8 +73,15 @@ _C, _L, _P, _X = 0, 1, 2, 3  # const, linear, pattern, poison
 
 @dataclass(frozen=True)
 class Taint:
+    """What a tensor is as a function of the input. ``rank`` orders tensors as candidates for a
+    frozen multiplier (see :mod:`mechscope.linear.multipliers`): 0 never (plain ``LINEAR`` data, an
+    unknown op's ``POISON``), 1 an activation's output, 2 a gate (sigmoid / hardsigmoid output),
+    3 a known non-linear function (``POISON`` from ``sqrt``, ``pow``, a product of two
+    input-dependent tensors...)."""
+
     kind: int
     reason: str | None = None
+    rank: int = 0
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return ["CONST", "LINEAR", "PATTERN", "POISON"][self.kind] + (f"({self.reason})" if self.reason else "")
@@ -74,26 +89,37 @@ class Taint:
 
 CONST = Taint(_C)
 LINEAR = Taint(_L)
+ACTIVATION = Taint(_L, rank=1)  # output of an elementwise activation (frozen gain)
+GATE = Taint(_L, rank=2)  # output of a gating function (sigmoid, hardsigmoid)
+KNOWN_NONLINEAR = 3  # rank of a POISON that is a known non-linear function of the input
 _DECIDE = Taint(-1)  # handler result: "record the output as a frozen decision"
 _MARKED = Taint(-2)  # handler result: "outputs already carry their taints" (entered functions)
 
 
-def _poison(reason: str) -> Taint:
-    return Taint(_X, reason)
+def _poison(reason: str, rank: int = 0) -> Taint:
+    return Taint(_X, reason, rank)
 
 
 def _pattern(reason: str) -> Taint:
     return Taint(_P, reason)
 
 
+def _worst_poison(ts: Iterable[Taint]) -> Taint | None:
+    """The poison among ``ts`` that is passed on: an unknown op's (rank 0) before a known one's."""
+    return min((t for t in ts if t.kind == _X), key=lambda t: t.rank, default=None)
+
+
 def _join_add(ts: Iterable[Taint], what: str) -> Taint:
-    """Taint of a sum / concatenation / selection of data arguments."""
+    """Taint of a sum / concatenation / selection of data arguments. One input-dependent term
+    keeps its own taint (``1 - gate`` is still a gate); among poisons, an unknown op's wins."""
     ts = [t for t in ts if t.kind != _C]
     if not ts:
         return CONST
-    for t in ts:
-        if t.kind == _X:
-            return t
+    if len(ts) == 1:
+        return ts[0]
+    poison = _worst_poison(ts)
+    if poison is not None:
+        return poison
     kinds = {t.kind for t in ts}
     if kinds == {_L}:
         return LINEAR
@@ -113,7 +139,7 @@ class Tape:
 
     names: dict[int, str] = field(default_factory=dict)      # index -> op name (non-constant calls)
     records: dict[int, tuple] = field(default_factory=dict)  # index -> (kind, payload)
-    reasons: dict[int, str] = field(default_factory=dict)    # index -> why a result is poisoned
+    poisons: dict[int, Taint] = field(default_factory=dict)  # index -> the poison (why, rank)
     hooks: dict[tuple[str, int], Any] = field(default_factory=dict)  # (module, k) -> frozen output
     acts: dict[tuple[str, int], tuple] = field(default_factory=dict)  # patched activations
     n_calls: int = 0
@@ -239,8 +265,8 @@ class FreezeMode(TorchFunctionMode):
         mod = self.net.modules_by_name.get(name)
         return f"in module '{name or '<root>'}' ({type(mod).__name__})"
 
-    def poison(self, what: str) -> Taint:
-        return _poison(f"{what} {self.where()}")
+    def poison(self, what: str, rank: int = 0) -> Taint:
+        return _poison(f"{what} {self.where()}", rank)
 
     # -- records
     def save(self, c: _Call, kind: str, payload: Any = None) -> None:
@@ -308,15 +334,15 @@ class FreezeMode(TorchFunctionMode):
                 taint = CONST
             elif taint.kind == _X:
                 self.save(c, "poison", _clone(out))
-                self.tape.reasons[idx] = taint.reason
+                self.tape.poisons[idx] = taint
             elif taint.kind == _P:
                 self.save(c, "pattern", _clone(out))
         return self._finish(c, out, taint)
 
     def _replay_stored(self, c: _Call, rec: tuple):
         kind, value = rec
-        reason = self.tape.reasons.get(c.idx, f"{c.name} (recorded on x0)")
-        taint = CONST if kind == "const" else (_poison(reason) if kind == "poison" else _pattern(reason))
+        poison = self.tape.poisons.get(c.idx, _poison(f"{c.name} (recorded on x0)"))
+        taint = CONST if kind == "const" else (poison if kind == "poison" else _pattern(poison.reason))
         if kind == "poison":
             # values of a poisoned tensor never reach a linear result; only its shape matters
             if c.inplace and isinstance(c.args[0], torch.Tensor):
@@ -727,12 +753,15 @@ def _factors_and_offsets(c: _Call) -> tuple[list[tuple[int | str, Any]], list[tu
     return [(None, c.args[0] if c.args else c.kwargs.get("input")), (None, _arg(c, 1, "other"))], []
 
 
+_ELEMENTWISE_PRODUCTS = {"mul", "multiply"}
+
+
 def _h_product(m, c):
     factors, offsets = _factors_and_offsets(c)
     fts = [m.taint(t) for _, t in factors]
-    for t in fts:
-        if t.kind == _X:
-            return _call(c), t
+    poison = _worst_poison(fts)
+    if poison is not None:
+        return _call(c), poison
     n_lin = sum(t.kind == _L for t in fts)
     n_pat = sum(t.kind == _P for t in fts)
     off_vals = [(i, kw, _arg(c, i, kw)) for i, kw in offsets]
@@ -740,9 +769,9 @@ def _h_product(m, c):
     if off_nonconst:
         return _call(c), m.poison(f"{c.name} with an input-dependent bias argument")
     if n_lin >= 2:
-        return _call(c), m.poison(f"{c.name}: product of two input-dependent tensors")
+        return _call(c), m.poison(f"{c.name}: product of two input-dependent tensors", KNOWN_NONLINEAR)
     if n_lin == 1:
-        taint = LINEAR
+        taint = fts[[t.kind for t in fts].index(_L)] if c.name in _ELEMENTWISE_PRODUCTS else LINEAR
     elif n_pat:
         taint = fts[[t.kind for t in fts].index(_P)]
     else:
@@ -773,14 +802,21 @@ def _h_div(m, c):
         return _call(c), _DECIDE
     tn, td = m.taint(num), m.taint(den)
     if td.kind != _C:
-        return _call(c), (td if td.kind == _X else m.poison(f"{c.name}: division by an input-dependent tensor"))
+        return _call(c), _quotient_taint(m, c, [tn, td])
     return _call(c), tn
 
 
 def _h_rdiv(m, c):
-    den = c.args[0]
-    td = m.taint(den)
-    return _call(c), (td if td.kind == _X else m.poison(f"{c.name}: division by an input-dependent tensor"))
+    return _call(c), _quotient_taint(m, c, [m.taint(c.args[0])])
+
+
+def _quotient_taint(m, c, ts: list[Taint]) -> Taint:
+    """A division by an input-dependent tensor: a known non-linear function of the input (see
+    :mod:`mechscope.linear.multipliers`), unless an unknown op's poison is involved."""
+    poison = _worst_poison(ts)
+    if poison is not None and poison.rank == 0:
+        return poison
+    return m.poison(f"{c.name}: division by an input-dependent tensor", KNOWN_NONLINEAR)
 
 
 _register(["div", "divide", "true_divide"], _h_div)
@@ -943,6 +979,11 @@ def _piecewise(name: str, c: _Call, x: torch.Tensor) -> tuple[torch.Tensor, torc
 
 _PIECEWISE = ["relu", "leaky_relu", "hardtanh", "relu6", "clamp", "clip", "clamp_min", "clamp_max",
               "threshold", "prelu", "rrelu", "abs", "hardshrink", "softshrink", "hardsigmoid"]
+_GATES = {"sigmoid", "expit", "hardsigmoid"}  # range [0, 1]: made to multiply (SE, CBAM, LSTM gates)
+
+
+def _activation_taint(name: str) -> Taint:
+    return GATE if name in _GATES else ACTIVATION
 
 
 def _h_gain(m, c):
@@ -966,12 +1007,12 @@ def _h_gain(m, c):
         else:
             g, b, y = _piecewise(c.name, c, x.detach())
         m.save(c, "gain", (g, b))
-        return y, LINEAR
+        return y, _activation_taint(c.name)
     g, b = m.load(c, "gain")
     y = x * g
     if b is not None and m.phase == "affine":
         y = y + b
-    return y, LINEAR
+    return y, _activation_taint(c.name)
 
 
 _register(list(_SMOOTH) + _PIECEWISE, _h_gain)
@@ -1615,3 +1656,7 @@ class FrozenNetwork:
     def linear(self, v: torch.Tensor) -> torch.Tensor:
         """``A v`` for one input ``v`` of shape ``in_shape``."""
         return self._run(v, "linear")
+
+
+# products and quotients with a frozen multiplier, known non-linear functions (registered on import)
+from mechscope.linear import multipliers as _multipliers  # noqa: E402,F401
