@@ -47,6 +47,11 @@ class DiskQuotaError(MechscopeError, OSError):
     """A write would exceed the configured size cap (or the disk is full)."""
 
 
+class PathError(MechscopeError, OSError):
+    """A path that cannot be used as asked: a file where a directory is expected (or the reverse),
+    or a directory that cannot be created or written."""
+
+
 class FormatError(MechscopeError, ValueError):
     """A file or directory whose format does not match what the reader expects."""
 

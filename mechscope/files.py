@@ -15,7 +15,25 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from mechscope.errors import FormatError, StoreError
+from mechscope.errors import FormatError, PathError, StoreError
+
+
+def ensure_dir(path: str | os.PathLike) -> Path:
+    """Create directory ``path`` (and its parents) unless it exists; a :class:`PathError` that
+    names the offending path when a file stands where a directory must go, or when the directory
+    cannot be created (read-only or permission denied)."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                needed = "" if p == path else f" (a parent of {path})"
+                raise PathError(f"expected a directory (or nothing) at {p}{needed}, found a file")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PathError(f"cannot create directory {path}: {e.strerror or e}") from e
+    return path
 
 
 @contextlib.contextmanager
@@ -25,8 +43,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     On any exception the temp file is removed and the exception propagates.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise PathError(f"expected a file path to write at {path}, found a directory")
+    ensure_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise PathError(f"cannot write {path}: {e.strerror or e}") from e
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -50,6 +73,8 @@ def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.exists():
         raise FormatError(f"expected a JSON file at {path}, found nothing")
+    if path.is_dir():
+        raise FormatError(f"expected a JSON file at {path}, found a directory")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -95,8 +120,7 @@ def save_artifact(directory: str | os.PathLike, fmt: str, version: int, cfg: dic
     """Save ``cfg.json`` (with format, version and per-file sha256) and one safetensors file
     per entry of ``tensors`` (file stem -> tensor dict). The cfg is written last, so a
     directory whose cfg.json exists is complete."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = ensure_dir(directory)
     hashes = {f"{stem}.safetensors": save_tensors(directory / f"{stem}.safetensors", t) for stem, t in tensors.items()}
     write_json(directory / "cfg.json", {"format": fmt, "version": version, **cfg, "files": hashes})
 

@@ -65,7 +65,7 @@ def _cache(args) -> int:
     stream = TokenStream(load_corpus(args.corpus, args.split), tokenizer, resolve_context_len(model, args.context_len))
     store = cache_activations(model, stream, args.hooks, args.out, n_contexts=args.n_contexts,
                               contexts_per_shard=args.contexts_per_shard, batch_size=args.batch_size, dtype=args.dtype,
-                              skip_bos=not args.keep_bos, max_bytes=int(args.max_bytes) if args.max_bytes else None,
+                              skip_bos=not args.keep_bos, max_bytes=None if args.max_bytes is None else int(args.max_bytes),
                               overwrite=args.overwrite, progress=not args.json)
     emit(_summary(store), args.json)
     return 0

@@ -21,7 +21,7 @@ import torch
 from mechscope.activations.manifest import DTYPES, HookInfo, Manifest, Shard
 from mechscope.data.stream import TokenStream
 from mechscope.data.tokenizer import tokenizer_hash
-from mechscope.errors import ConfigError, DiskQuotaError, NonFiniteError, StoreError
+from mechscope.errors import ConfigError, DiskQuotaError, NonFiniteError, PathError, StoreError
 from mechscope.files import atomic_write
 from mechscope.models.hooks import resolve_hooks, run_with_cache
 from mechscope.models.model import Model, as_model
@@ -82,6 +82,10 @@ def cache_activations(
         raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, found {dtype!r}")
     if contexts_per_shard < 1 or batch_size < 1:
         raise ConfigError(f"contexts_per_shard and batch_size must be >= 1, found {contexts_per_shard}, {batch_size}")
+    if n_contexts is not None and n_contexts < 1:
+        raise ConfigError(f"n_contexts must be a positive integer (or None for the whole stream); found {n_contexts}")
+    if max_bytes is not None and max_bytes < 1:
+        raise ConfigError(f"max_bytes must be a positive size cap (or None for none); found {max_bytes}")
     n_contexts = len(stream) if n_contexts is None else min(n_contexts, len(stream))
     if n_contexts < 1:
         raise ConfigError(f"nothing to cache: the stream has {len(stream)} contexts")
@@ -155,6 +159,8 @@ def cache_activations(
 
 def _resume_or_start(root: Path, fresh: Manifest) -> Manifest:
     """The manifest to continue from: an existing one with identical settings, or ``fresh``."""
+    if root.exists() and not root.is_dir():
+        raise PathError(f"expected a directory (or nothing) for the activation store at {root}, found a file")
     if not (root / "manifest.json").exists():
         if root.exists() and any(root.iterdir()):
             raise StoreError(f"{root} exists, is not empty and has no manifest.json; refusing to write an activation store into it")

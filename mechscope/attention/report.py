@@ -20,7 +20,7 @@ from mechscope.attention.families import FAMILIES, FamilyConfig, label_families,
 from mechscope.attention.head_attribution import head_attribution, polysemanticity
 from mechscope.attention.induction import head_name, induction_analysis
 from mechscope.attention.recursive_dfa import recursive_dfa
-from mechscope.files import write_json
+from mechscope.files import ensure_dir, write_json
 from mechscope.models.model import as_model
 
 FORMAT = "mechscope.attention_analysis"
@@ -165,7 +165,7 @@ def analyze(model, sae, *, out_dir: str | Path | None = None, corpus_tokens=None
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_dir(out)
         if figures:
             say("figures")
             summary["figures"] = write_figures(summary, out)
@@ -201,7 +201,7 @@ def _figure_writer(out_dir: str | Path):
     import matplotlib.pyplot as plt
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
     written: list[str] = []
 
     def save(fig, name):

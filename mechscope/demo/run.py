@@ -14,7 +14,7 @@ from typing import Callable
 
 from mechscope.demo.context import DemoContext, require_organism
 from mechscope.demo.sizes import FULL, ORGANISM, QUICK
-from mechscope.files import write_json
+from mechscope.files import ensure_dir, write_json
 from mechscope.report import Section
 
 
@@ -47,7 +47,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: b
 
     require_organism(ORGANISM)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
     sizes = QUICK if quick else FULL
     ctx = DemoContext(out=out, sizes=sizes, progress=progress, say=say or (lambda msg: None))
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ from mechscope.dictionaries.config import TOPK_FAMILY, DictionaryConfig, TrainCo
 from mechscope.dictionaries.dictionary import Dictionary, ForwardOutput
 from mechscope.dictionaries import distributed as D
 from mechscope.errors import ConfigError, FormatError, NonFiniteError, StoreError
-from mechscope.files import atomic_write, load_artifact, read_json, save_artifact, write_json
+from mechscope.files import atomic_write, ensure_dir, load_artifact, read_json, save_artifact, write_json
 
 CKPT_FORMAT = "mechscope.dictionary-checkpoint"
 CKPT_VERSION = 1
@@ -254,7 +254,7 @@ class _Run:
                 raise ConfigError(f"{self.out} already holds checkpoints; pass resume=True to continue or overwrite=True to start over")
             self._resume(latest)
         name = "metrics.jsonl" if dist.rank == 0 else f"metrics.rank{dist.rank}.jsonl"
-        self.out.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.out)
         _trim_metrics(self.out / name, self.start_step)
         self.metrics_file = open(self.out / name, "a")
         if cfg.wandb_project and dist.rank == 0:
