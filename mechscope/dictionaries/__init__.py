@@ -9,12 +9,12 @@ JumpReLU), their trainer (single process or torchrun), evaluation and file forma
 
 from mechscope.dictionaries.config import ACTIVATIONS, KINDS, DictionaryConfig, TrainConfig
 from mechscope.dictionaries.dictionary import Dictionary, ForwardOutput
-from mechscope.dictionaries.formats import (detect_format, load_dictionary, load_saelens, load_sparsify, save_native,
+from mechscope.dictionaries.formats import (check_trained_on, detect_format, load_dictionary, load_saelens, load_sparsify, save_native,
                                             save_saelens)
 from mechscope.dictionaries.sources import ModelSource, StoreSource, TensorSource
 from mechscope.dictionaries.trainer import train
 from mechscope.dictionaries.evaluate import evaluate, reconstruction_metrics, splice_scores
 
-__all__ = ["ACTIVATIONS", "KINDS", "DictionaryConfig", "TrainConfig", "Dictionary", "ForwardOutput", "detect_format",
+__all__ = ["ACTIVATIONS", "KINDS", "DictionaryConfig", "TrainConfig", "Dictionary", "ForwardOutput", "check_trained_on", "detect_format",
            "load_dictionary", "load_saelens", "load_sparsify", "save_native", "save_saelens", "ModelSource", "StoreSource", "TensorSource",
            "train", "evaluate", "reconstruction_metrics", "splice_scores"]

@@ -172,8 +172,9 @@ def _eval(args) -> int:
 
     from mechscope.cli import emit
     from mechscope.dictionaries.evaluate import evaluate
-    from mechscope.dictionaries.formats import load_dictionary
+    from mechscope.dictionaries.formats import check_trained_on, load_dictionary
     from mechscope.errors import ConfigError
+    from mechscope.files import ensure_dir
 
     if not args.store and not args.model:
         raise ConfigError("eval needs --store DIR (reconstruction metrics) and/or --model SPEC (streamed metrics, CE / KL scores)")
@@ -186,9 +187,11 @@ def _eval(args) -> int:
     results = []
     for path in args.dictionaries:
         d = load_dictionary(path, device=args.device or (model.device if model is not None else "cpu"))
+        if model is not None:
+            check_trained_on(d, model)
         hist = args.histogram
         if hist and len(args.dictionaries) > 1:
-            Path(hist).mkdir(parents=True, exist_ok=True)
+            ensure_dir(Path(hist))
             hist = str(Path(hist) / f"{d.cfg.name}.png")
         r = evaluate(d, args.store, n_tokens=args.n_tokens, batch_size=args.batch_size, model=model, stream=stream,
                      n_contexts=args.n_contexts, histogram=hist, splice=not args.no_splice)

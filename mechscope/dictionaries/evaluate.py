@@ -166,6 +166,10 @@ def evaluate(d: Dictionary, source=None, *, n_tokens: int = 65_536, batch_size: 
     ``stream`` from ``context_start``."""
     from mechscope.dictionaries.trainer import _as_source
 
+    for name, v, lo in (("n_tokens", n_tokens, 1), ("batch_size", batch_size, 1), ("n_contexts", n_contexts, 0)):
+        if v < lo:
+            raise ConfigError(f"{name} must be >= {lo}; found {v}")
+    batch_size = min(batch_size, n_tokens)  # n_tokens rows, not a whole default-sized batch more
     result: dict = {"dictionary": d.cfg.name, "kind": d.cfg.kind, "activation": d.cfg.activation, "n_latents": d.n_latents}
     if source is None and model is not None and stream is not None:
         from mechscope.dictionaries.sources import ModelSource

@@ -23,7 +23,7 @@ import torch
 from mechscope.dictionaries.config import DictionaryConfig
 from mechscope.dictionaries.dictionary import Dictionary
 from mechscope.errors import ConfigError, FormatError, StoreError
-from mechscope.files import atomic_write, load_artifact, load_tensors, read_json, save_artifact
+from mechscope.files import atomic_write, ensure_dir, load_artifact, load_tensors, read_json, save_artifact
 
 NATIVE_FORMAT = "mechscope.dictionary"
 NATIVE_VERSION = 1
@@ -134,7 +134,7 @@ def save_saelens(d: Dictionary, path: str | os.PathLike, model_name: str | None 
     if cfg.kind != "sae":
         out["d_out"] = cfg.d_out
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path)
     save_tensors(path / SAELENS_WEIGHTS, t)
     with atomic_write(path / "cfg.json", "w") as f:
         json.dump(out, f, indent=2)
@@ -220,3 +220,15 @@ def load_sparsify(path: str | os.PathLike, device: str | torch.device = "cpu") -
     if skip:
         sd["W_skip"] = state["W_skip"]
     return _build(cfg, sd, path, device)
+
+
+def check_trained_on(d: Dictionary, model) -> None:
+    """A :class:`ConfigError` when ``d`` records (``cfg.meta["model"]``) that it was trained on
+    another zoo organism than ``model``: the widths of the organisms agree, so nothing else would
+    notice and every number computed from the pair would be silently wrong. Only ``zoo:`` names are
+    compared; a model directory or a hub name can be spelled several ways."""
+    trained = str((d.cfg.meta or {}).get("model") or "")
+    name = str(getattr(model, "name", "") or "")
+    if trained.startswith("zoo:") and name.startswith("zoo:") and trained != name:
+        raise ConfigError(f"dictionary {d.cfg.name!r} was trained on {trained}; expected it to be used with that model, "
+                          f"found model {name}")
