@@ -77,6 +77,11 @@ def _threads(n: int | None) -> None:
     if n is not None:
         import torch
 
+        from mechscope.errors import ConfigError
+
+        if n < 1:
+            raise ConfigError(f"--threads must be a positive integer; found {n}")
+
         torch.set_num_threads(n)
 
 
@@ -109,6 +114,10 @@ def _method_params(items: list[str]) -> dict[str, dict]:
         if method not in METHODS:
             raise UnknownMethodError(method, list(METHODS))
         out.setdefault(method, {}).update(_params([rest]))
+    from mechscope.circuits.methods import check_params
+
+    for method, params in out.items():
+        check_params(method, params)  # before the first model is loaded
     return out
 
 
@@ -141,6 +150,9 @@ def _find(args) -> int:
 
     if args.method not in METHODS:
         raise UnknownMethodError(args.method, list(METHODS))
+    from mechscope.circuits.methods import check_params
+
+    check_params(args.method, _params(args.param))  # before the model and task are built
     _threads(args.threads)
     truth = None
     known = published_tasks(args.model)

@@ -39,6 +39,10 @@ def _run(args) -> int:
 
     import torch
 
+    from mechscope.errors import ConfigError
+
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be a positive integer; found {args.threads}")
     torch.set_num_threads(args.threads)
     summary = run_demo(args.out, quick=args.quick, progress=not args.json, say=_say)
     if args.json:
