@@ -102,14 +102,34 @@ def _load(args):
     return load_model(args.model, device=args.device)
 
 
+def _load_sae(args, model):
+    from mechscope.dictionaries import check_trained_on, load_dictionary
+
+    sae = load_dictionary(args.sae, device=args.device)
+    check_trained_on(sae, model)
+    return sae
+
+
+def _positive(**values) -> None:
+    from mechscope.errors import ConfigError
+
+    for flag, v in values.items():
+        if v is not None and v < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer; found {v}")
+
+
 def _analyze(args) -> int:
     from mechscope.attention.families import FamilyConfig
     from mechscope.attention.report import analyze, summary_text
     from mechscope.cli import emit
-    from mechscope.dictionaries import load_dictionary
+    from mechscope.files import ensure_dir
 
+    _positive(n_contexts=args.n_contexts, n_repeats=args.n_repeats, repeat_len=args.repeat_len)
+    _positive(induction_offsets=min(args.induction_offsets))
+    if args.out:
+        ensure_dir(args.out)  # before the analysis, not after it
     model = _load(args)
-    sae = load_dictionary(args.sae, device=args.device)
+    sae = _load_sae(args, model)
     say = None if args.json else (lambda msg: print(f"[attention] {msg}", flush=True))
     s = analyze(model, sae, out_dir=args.out, n_contexts=args.n_contexts, heads=args.heads, induction=not args.no_induction,
                 family_config=FamilyConfig(n_repeats=args.n_repeats, repeat_len=args.repeat_len, seed=args.seed,
@@ -129,15 +149,19 @@ def _induction(args) -> int:
 
     from mechscope.attention.induction import induction_analysis
     from mechscope.cli import emit
-    from mechscope.files import write_json
+    from mechscope.files import ensure_dir, write_json
 
+    _positive(n=args.n, max_prefix=args.max_prefix, repeat_len=args.repeat_len)
+    _positive(induction_offsets=min(args.induction_offsets))
+    if args.out:
+        ensure_dir(args.out)
     model = _load(args)
     ia = induction_analysis(model, args.heads, max_prefix=args.max_prefix, n=args.n, seed=args.seed, threshold=args.threshold,
                             repeat_len=args.repeat_len, target_offsets=tuple(args.induction_offsets))
     d = {"model": model.name, **ia.to_dict()}
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_dir(out)
         from mechscope.attention.report import induction_figures
 
         d["figures"] = induction_figures(d, out)
@@ -158,11 +182,18 @@ def _dfa(args) -> int:
     from mechscope.attention.dfa import direct_feature_attribution
     from mechscope.attention.recursive_dfa import recursive_dfa
     from mechscope.cli import emit
-    from mechscope.dictionaries import load_dictionary
     from mechscope.errors import ConfigError
 
+    _positive(top=args.top)
     model = _load(args)
-    sae = load_dictionary(args.sae, device=args.device)
+    sae = _load_sae(args, model)
+    if args.tokens is not None:
+        vocab = model.module.cfg.d_vocab
+        bad = [t for t in args.tokens if not 0 <= t < vocab]
+        if bad:
+            raise ConfigError(f"--tokens must be token ids in [0, {vocab}) for model {model.name!r}; found {bad}")
+    if not 0 <= args.feature < sae.n_latents:
+        raise ConfigError(f"--feature must be in [0, {sae.n_latents}) for this SAE of {sae.n_latents} latents; found {args.feature}")
     tokens = model.to_tokens(args.text) if args.text is not None else torch.tensor([args.tokens])
     n = tokens.shape[1]
     q = args.position + n if args.position < 0 else args.position
@@ -185,9 +216,11 @@ def _dfa(args) -> int:
 def _train_sae(args) -> int:
     from mechscope.attention.sae import train_attention_sae
     from mechscope.cli import emit
+    from mechscope.files import ensure_dir
     from mechscope.models import load_model
 
     model = load_model(args.model, device="cpu")
+    ensure_dir(args.out)
     sae = train_attention_sae(model, args.layer, args.out, n_latents=args.n_latents, expansion=args.expansion, k=args.k,
                               activation=args.activation, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                               n_contexts=args.n_contexts, seed=args.seed, progress=not args.json)

@@ -47,6 +47,16 @@ def parse_head(s: str | Head) -> Head:
         raise ConfigError(f"expected a head as 'L.H' (e.g. '1.2'); found {s!r}") from None
 
 
+def check_heads(model, heads: list) -> list[Head]:
+    """``heads`` parsed, each checked against the model's layers and heads per layer."""
+    cfg = as_model(model).module.cfg
+    parsed = [parse_head(h) for h in heads]
+    bad = [f"{l}.{h}" for l, h in parsed if not (0 <= l < cfg.n_layers and 0 <= h < cfg.n_heads)]
+    if bad:
+        raise ConfigError(f"expected heads L.H with L in [0, {cfg.n_layers}) and H in [0, {cfg.n_heads}); found {', '.join(bad)}")
+    return parsed
+
+
 def head_name(h: Head) -> str:
     return f"{h[0]}.{h[1]}"
 
@@ -259,6 +269,8 @@ def induction_analysis(model, heads: list | None = None, *, max_prefix: int = 8,
     measure their prefix-length curves and run the causal ``t0 - 2`` test."""
     model = as_model(model)
     target_offsets = tuple(target_offsets)
+    if heads is not None:
+        check_heads(model, heads)
     scores = head_scores(model, n=n, repeat_len=repeat_len, seed=seed, target_offsets=target_offsets)
     source = "given"
     if heads is None:
