@@ -111,6 +111,32 @@ def _model_args(a: argparse.ArgumentParser, transcoders: bool = True, task: bool
 
 
 # ------------------------------------------------------------------------------------------
+def _at_least(lo: int, **values) -> None:
+    """A ConfigError naming the flag when a count is below ``lo``."""
+    from mechscope.errors import ConfigError
+
+    for flag, v in values.items():
+        vs = v if isinstance(v, (list, tuple)) else [v]
+        bad = [x for x in vs if x is not None and x < lo]
+        if bad:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= {lo}; found {bad[0] if len(bad) == 1 else bad}")
+
+
+def _target_ids(spec: str, vocab: int) -> tuple[list[int], list[int]]:
+    """``token:GOOD[,GOOD..][-BAD,..]`` -> (good ids, bad ids), each checked against the vocabulary."""
+    from mechscope.errors import ConfigError
+
+    good, _, bad = spec[6:].partition("-")
+    try:
+        g, b = ([int(x) for x in part.split(",") if x] for part in (good, bad))
+    except ValueError:
+        raise ConfigError(f"--target token: expects token ids, e.g. token:17-42 or token:5,6-7; found {spec!r}") from None
+    out = [i for i in g + b if not 0 <= i < vocab]
+    if not g or out:
+        raise ConfigError(f"--target token: expects at least one good token id, all in [0, {vocab}); found {spec!r}")
+    return g, b
+
+
 def _load(args, transcoders: bool = True):
     from mechscope.models import load_model
 
@@ -173,6 +199,8 @@ def _train(args) -> int:
     from mechscope.cli import emit
     from mechscope.transcoders.train import train_transcoders
 
+    _at_least(0, n_task=args.n_task)
+    _at_least(1, n_contexts=args.n_contexts, eval_contexts=args.eval_contexts, context_len=args.context_len)
     model, _ = _load(args, transcoders=False)
     task = heldout = None
     # task rows: an explicit --task, or the zoo organism's own task; a non-zoo model with --task auto trains on the corpus only
@@ -197,6 +225,8 @@ def _attribute(args) -> int:
     from mechscope.transcoders.attribution import attribute, feature_target, logit_target, task_direction, token_direction
     from mechscope.transcoders.replacement import ReplacementRun
 
+    _at_least(0, index=args.index)
+    _at_least(1, top=args.top)
     model, ts = _load(args)
     task = None
     if args.prompt is not None:
@@ -213,12 +243,15 @@ def _attribute(args) -> int:
             raise ConfigError("--target logit-diff needs a task prompt (drop --prompt) or use token:GOOD-BAD")
         target = logit_target(run, 0, pos, task_direction(run, task, 0), label="logit_diff")
     elif t.startswith("token:"):
-        good, _, bad = t[6:].partition("-")
-        ids = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
-        target = logit_target(run, 0, pos, token_direction(run, ids(good), ids(bad) or None), label=t)
+        good, bad = _target_ids(t, model.module.cfg.d_vocab)
+        target = logit_target(run, 0, pos, token_direction(run, good, bad or None), label=t)
     elif t.startswith("feature:"):
-        _, layer, feat = t.split(":")
-        target = feature_target(run, int(layer), int(feat), 0, pos)
+        try:
+            _, layer, feat = t.split(":")
+            layer, feat = int(layer), int(feat)
+        except ValueError:
+            raise ConfigError(f"--target feature: expects feature:LAYER:INDEX, e.g. feature:1:42; found {t!r}") from None
+        target = feature_target(run, layer, feat, 0, pos)
     else:
         raise ConfigError(f"--target must be logit-diff, token:IDS[-IDS] or feature:L:J; found {t!r}")
     att = attribute(run, target)
@@ -276,6 +309,7 @@ def _connections(args) -> int:
     from mechscope.errors import ConfigError
     from mechscope.transcoders.connections import top_connections
 
+    _at_least(1, top=args.top)
     model, ts = _load(args)
     f = args.feature
     try:
@@ -295,6 +329,7 @@ def _faithfulness(args) -> int:
     from mechscope.transcoders.faithfulness import DEFAULT_KS, faithfulness_curves, plot_curves
     from mechscope.transcoders.paths import task_paths
 
+    _at_least(0, ks=args.ks or [])
     model, ts = _load(args)
     task = _task(args, model, args.n, "heldout")
     reference = _task(args, model, args.n, "heldout", seed=args.seed + 1)

@@ -101,9 +101,12 @@ def _train(args) -> int:
     from mechscope.cli import emit
     from mechscope.zoo.registry import SHIPPED
     from mechscope.zoo.specs import get_spec
+    from mechscope.errors import ConfigError
     from mechscope.zoo.workflow import make_organism
 
     spec = get_spec(args.name)
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps must be a positive integer (the recipe has {spec.steps}); found {args.steps}")
     out = Path(args.out) if args.out else SHIPPED / spec.name
     result = make_organism(spec, out, seed=args.seed, steps=args.steps, card=not args.no_card, progress=not args.json)
     emit(result, args.json)
@@ -112,8 +115,11 @@ def _train(args) -> int:
 
 def _verify(args) -> int:
     from mechscope.cli import emit
+    from mechscope.errors import ConfigError
     from mechscope.zoo.cards import verify_organism
 
+    if not args.tolerance >= 0:
+        raise ConfigError(f"--tolerance must be >= 0 (a relative difference, e.g. 0.02); found {args.tolerance}")
     progress = None if args.json else (lambda msg: print(f"[verify {args.name}] {msg}", flush=True))
     result = verify_organism(args.name, tolerance=args.tolerance, progress=progress)
     if args.json:
