@@ -151,3 +151,23 @@ def test_transcoder_checks(capsys, tmp_path):
                                                   "--transcoders", *tcs, "--feature", "1:1", "--top", "-1")
     assert "--n-task must be >= 0; found -1" in _err(capsys, "transcoder", "train", "--model", "zoo:greater-than-2l",
                                                      "--out", str(tmp_path / "t"), "--n-task", "-1")
+
+
+def test_atomic_writes_leave_no_temp_file_and_respect_the_umask(tmp_path):
+    """Finished files get the user's umask (mkstemp's 0600 made every saved dictionary and JSON
+    private); a failed write leaves neither the target nor a temp file."""
+    import os
+
+    from mechscope.files import atomic_write, write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        with pytest.raises(RuntimeError, match="boom"):
+            with atomic_write(tmp_path / "b.bin") as f:
+                f.write(b"half")
+                raise RuntimeError("boom")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
