@@ -171,3 +171,16 @@ def test_atomic_writes_leave_no_temp_file_and_respect_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_a_hub_corpus_that_cannot_be_reached_is_one_line():
+    """Offline, `--corpus hf:NAME` was a ConnectionError traceback from `datasets`."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "mechscope", "data", "info", "--corpus", "hf:nobody/no-such-dataset"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "could not load hub dataset 'nobody/no-such-dataset'" in r.stderr and "save_to_disk directory" in r.stderr

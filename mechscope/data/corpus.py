@@ -135,7 +135,11 @@ def hf_corpus(name: str, split: str = "train", field: str = "text", max_docs: in
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[split]
     else:
-        ds = datasets.load_dataset(name, split=split)
+        try:
+            ds = datasets.load_dataset(name, split=split)
+        except OSError as e:  # ConnectionError, hub errors and a missing dataset are all OSErrors
+            raise CorpusError(f"could not load hub dataset {name!r} ({type(e).__name__}: {e}); expected a dataset on the Hub "
+                              "(network access) or in the local datasets cache, or a save_to_disk directory") from e
     if field not in ds.column_names:
         raise CorpusError(f"dataset {name!r} has no field {field!r}; fields: {ds.column_names}")
     n = len(ds) if max_docs is None else min(max_docs, len(ds))
