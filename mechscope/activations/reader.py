@@ -47,7 +47,7 @@ class ActivationStore:
         self.root = Path(path)
         self.manifest = Manifest.load(self.root)
         if not self.manifest.complete and not allow_incomplete:
-            raise StoreError(f"{self.root}: the caching run has not finished ({len(self.manifest.shards)} of {self.manifest.n_shards_planned} shards); rerun it to resume, or open with allow_incomplete=True")
+            raise StoreError(f"{self.root}: the caching run has not finished ({len(self.manifest.shards)} of {self.manifest.n_shards_planned} shards); rerun it to resume, or open with allow_incomplete=True (`mechscope store info` shows an unfinished store)")
         self._check(full=False)
 
     # -- facts -------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def _resume_or_start(root: Path, fresh: Manifest) -> Manifest:
     if diff:
         raise StoreError(f"{root} holds a store made with other settings, so this run cannot resume into it: "
                          + "; ".join(f"{k}: store has {x!r}, this run has {y!r}" for k, (x, y) in diff.items())
-                         + ". Use another directory or overwrite=True.")
+                         + ". Use another directory or overwrite=True (--overwrite).")
     # Trust only shards whose files are complete and match their checksums.
     from mechscope.activations.reader import shard_problem
 

@@ -251,7 +251,7 @@ class _Run:
         latest = self.ckpt_root / "latest.json"
         if latest.exists():
             if not resume:
-                raise ConfigError(f"{self.out} already holds checkpoints; pass resume=True to continue or overwrite=True to start over")
+                raise ConfigError(f"{self.out} already holds checkpoints; pass resume=True to continue (the CLI resumes by itself) or overwrite=True (--overwrite) to start over")
             self._resume(latest)
         name = "metrics.jsonl" if dist.rank == 0 else f"metrics.rank{dist.rank}.jsonl"
         ensure_dir(self.out)
@@ -280,7 +280,7 @@ class _Run:
         ours = [s.d.cfg.to_dict() for s in self.slots]
         if diff or [{k: v for k, v in c.items() if k != "meta"} for c in theirs] != [{k: v for k, v in c.items() if k != "meta"} for c in ours]:
             detail = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items()) or "the dictionary configs differ"
-            raise ConfigError(f"cannot resume {path}: it was made with other settings ({detail}); use another out_dir or overwrite=True")
+            raise ConfigError(f"cannot resume {path}: it was made with other settings ({detail}); use another out_dir or overwrite=True (--overwrite)")
         for s in self.slots:
             s.load_state(tensors)
         self.start_step = int(meta["step"])
