@@ -82,6 +82,10 @@ def _ops() -> list[Op]:
         Op("vowels_only", "return ''.join(c for c in s if c.lower() in 'aeiou')", "keep only the vowels"),
         Op("letters_only", "return ''.join(c for c in s if c.isalpha())", "keep only the letters"),
         Op("swap_ends", "return s[-1] + s[1:-1] + s[0] if len(s) > 1 else s", "swap the first and last characters"),
+        Op("swap_first_last_word", "w = s.split()\n    return ' '.join(w[-1:] + w[1:-1] + w[:1]) if len(w) > 1 else s",
+           "swap the first and last words"),
+        Op("rotate_words_left", "w = s.split()\n    return ' '.join(w[1:] + w[:1]) if w else s", "move the first word to the end"),
+        Op("rotate_words_right", "w = s.split()\n    return ' '.join(w[-1:] + w[:-1]) if w else s", "move the last word to the front"),
         Op("swap_word_ends", "return ' '.join(w[-1] + w[1:-1] + w[0] if len(w) > 1 else w for w in s.split(' '))",
            "swap the first and last letters of each word"),
     ]
@@ -132,7 +136,37 @@ def _as_text(count: Op) -> Op:
     return Op(f"{count.name}_text", f"return str({expr})", count.desc)
 
 
+def _predicates() -> list[Op]:
+    """Conditions on the input for conditional programs (``A(s) if cond(s) else B(s)``)."""
+    preds = [
+        Op("len_even", "return len(s) % 2 == 0", "the string has an even number of characters"),
+        Op("len_mult3", "return len(s) % 3 == 0", "the length is a multiple of 3"),
+        Op("words_even", "return len(s.split()) % 2 == 0", "the string has an even number of words"),
+        Op("vowel_first", "return s[:1].lower() in 'aeiou' and s[:1] != ''", "the string starts with a vowel"),
+        Op("vowel_last", "return s[-1:].lower() in 'aeiou' and s[-1:] != ''", "the string ends with a vowel"),
+        Op("upper_first", "return s[:1].isupper()", "the string starts with an upper-case letter"),
+        Op("digit_first", "return s[:1].isdigit()", "the string starts with a digit"),
+        Op("has_digit", "return any(c.isdigit() for c in s)", "the string contains a digit"),
+        Op("has_upper", "return any(c.isupper() for c in s)", "the string contains an upper-case letter"),
+        Op("has_space", "return ' ' in s", "the string contains a space"),
+        Op("all_letters", "return s.isalpha()", "the string consists only of letters"),
+        Op("all_lower", "return s.islower()", "the string is all lower case"),
+        Op("palindrome", "return s == s[::-1]", "the string is a palindrome"),
+        Op("vowels_even", "return sum(c.lower() in 'aeiou' for c in s) % 2 == 0", "the number of vowels is even"),
+        Op("more_vowels", "return 2 * sum(c.lower() in 'aeiou' for c in s) > sum(c.isalpha() for c in s)",
+           "more than half of the letters are vowels"),
+    ]
+    for k in range(1, 16):
+        preds.append(Op(f"len_gt{k}", f"return len(s) > {k}", f"the string is longer than {k} characters"))
+    for k in range(1, 5):
+        preds.append(Op(f"words_gt{k}", f"return len(s.split()) > {k}", f"the string has more than {k} words"))
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        preds.append(Op(f"has_{c}", f"return {c!r} in s.lower()", f"the string contains the letter {c!r} (any case)"))
+    return preds
+
+
 OPS: list[Op] = _ops()
+PREDICATES: list[Op] = _predicates()
 COUNTS: list[Op] = _counts()
 COUNTS_AS_TEXT: list[Op] = [_as_text(c) for c in COUNTS]
 IDENTITY = Op("identity", "return s", "leave the string unchanged")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from mechscope.find.inputs import string_inputs
-from mechscope.find.interpreters.string_dsl import COUNTS, COUNTS_AS_TEXT, EMPTY, IDENTITY, OPS, Op
+from mechscope.find.interpreters.string_dsl import COUNTS, COUNTS_AS_TEXT, EMPTY, IDENTITY, OPS, PREDICATES, Op
 from mechscope.find.protocol import BlackBoxHandle, Interpretation
 
 SINGLES = list("abcdefghijklmnopqrstuvwxyz") + list("ABCDEFGHIJKLMNOPQRSTUVWXYZ") + list("0123456789") + list(" .,!?-_'")
@@ -48,8 +48,10 @@ def _eq(a: Any, b: Any) -> bool:
 @dataclass
 class Step:
     """One step: ``kind`` is ``op`` (an :class:`Op`), ``map`` (``table``, ``sep``), ``affix``
-    (``pre``, ``suf``), ``countset`` (``chars``), ``concat`` (``op`` + ``sep`` + ``other``) or
-    ``arith`` on a count (``table``: ``a``, ``b`` or ``m``)."""
+    (``pre``, ``suf``), ``countset`` (``chars``), ``concat`` (``op`` + ``sep`` + ``other``),
+    ``arith`` on a count (``table``: ``a``, ``b`` or ``m``), ``keyed`` (a Caesar shift by
+    ``table["a"] * op(s) + table["b"]``, ``op`` a count), ``words`` (the program ``subs[0]`` applied
+    to each word; ``table["split"]``) or ``cond`` (``subs[0](s) if op(s) else subs[1](s)``)."""
 
     kind: str
     op: Op | None = None
@@ -59,6 +61,7 @@ class Step:
     suf: str = ""
     chars: frozenset | None = None
     other: Op | None = None
+    subs: tuple = ()
 
     def __call__(self, s):
         if self.kind == "arith":
@@ -75,9 +78,22 @@ class Step:
             return self.op(s) + self.sep + self.other(s)
         if self.kind == "shifts":
             return _shift_letters(s, self.table["key"], self.table["letters_only"])
+        if self.kind == "keyed":
+            return _shift_letters(s, [(self.table["a"] * self.op(s) + self.table["b"]) % 26], True)
+        if self.kind == "words":
+            return " ".join(self.subs[0](w) for w in s.split(self.table["split"]))
+        if self.kind == "cond":
+            return self.subs[0](s) if self.op(s) else self.subs[1](s)
         return sum(c in self.chars for c in s)
 
-    def source(self, i: int) -> str:
+    def source(self, i: int, pre: str = "") -> str:
+        """Source defining ``{pre}_step{i}`` (and its helpers, all named with the same prefix)."""
+        src = self._source(i)
+        return src.replace("_step", f"{pre}_step").replace("_MAP", f"{pre}_MAP").replace("_CHARS", f"{pre}_CHARS") if pre else src
+
+    def _source(self, i: int) -> str:
+        if self.kind in ("keyed", "words", "cond"):
+            return self._nested_source(i)
         if self.kind == "op":
             return f"def _step{i}(s):\n    {self.op.body}\n"
         if self.kind == "map":
@@ -100,6 +116,21 @@ class Step:
                     f"        else:\n            out.append(c)\n            i += {0 if lo else 1}\n    return ''.join(out)\n")
         return f"_CHARS{i} = {''.join(sorted(self.chars))!r}\n\n\ndef _step{i}(s):\n    return sum(c in _CHARS{i} for c in s)\n"
 
+    def _nested_source(self, i: int) -> str:
+        """Steps built from an op and/or sub-programs: the helpers are ``_step{i}k`` (the op) and
+        ``_step{i}a``, ``_step{i}b`` (the sub-programs)."""
+        parts = [f"def _step{i}k(s):\n    {self.op.body}\n"] if self.op is not None else []
+        parts += [sub.source(f"_step{i}{ab}") for sub, ab in zip(self.subs, "ab")]
+        if self.kind == "keyed":
+            a, b = self.table["a"], self.table["b"]
+            body = (f"k = ({a} * _step{i}k(s) + {b}) % 26\n    return ''.join(chr((ord(c) - 97 + k) % 26 + 97) if 'a' <= c <= 'z' "
+                    "else chr((ord(c) - 65 + k) % 26 + 65) if 'A' <= c <= 'Z' else c for c in s)")
+        elif self.kind == "words":
+            body = f"return ' '.join(_step{i}a(w) for w in s.split({self.table['split']!r}))"
+        else:
+            body = f"return _step{i}a(s) if _step{i}k(s) else _step{i}b(s)"
+        return "\n\n".join(parts + [f"def _step{i}(s):\n    {body}\n"])
+
     def describe(self) -> str:
         if self.kind == "op":
             return self.op.desc
@@ -115,6 +146,14 @@ class Step:
             return " and ".join(p for p in ([f"prepend {self.pre!r}"] if self.pre else []) + ([f"append {self.suf!r}"] if self.suf else []))
         if self.kind == "map":
             return describe_map(self.table, self.sep)
+        if self.kind == "keyed":
+            a, b = self.table["a"], self.table["b"]
+            k = self.op.desc if a == 1 else f"{a} times {self.op.desc}"
+            return f"Caesar cipher keyed by the input: shift every letter forward by ({k}{f' + {b}' if b else ''}) mod 26"
+        if self.kind == "words":
+            return f"split into words and in each word: {self.subs[0].phrase()}"
+        if self.kind == "cond":
+            return f"if {self.op.desc}: {self.subs[0].phrase()}; otherwise: {self.subs[1].phrase()}"
         if self.kind == "shifts":
             key, unit = self.table["key"], "letter" if self.table["letters_only"] else "character"
             d = (key[1] - key[0]) % 26
@@ -134,15 +173,24 @@ class Program:
         return s
 
     def code(self) -> str:
-        parts = [st.source(i) for i, st in enumerate(self.steps, 1)]
+        return self.source()
+
+    def source(self, name: str = "") -> str:
+        """Source defining ``name`` (``f`` when empty) from helpers ``{name}_step1``, ``{name}_step2``, ..."""
+        parts = [st.source(i, name) for i, st in enumerate(self.steps, 1)]
         call = "s"
         for i in range(1, len(self.steps) + 1):
-            call = f"_step{i}({call})"
-        return "\n\n".join(parts + [f"def f(s):\n    return {call}\n"])
+            call = f"{name}_step{i}({call})"
+        return "\n\n".join(parts + [f"def {name or 'f'}(s):\n    return {call}\n"])
+
+    def phrase(self) -> str:
+        """The steps in words, joined by "; then"."""
+        ds = [st.describe() for st in self.steps if not (st.kind == "op" and st.op.name == "identity")]
+        return "; then ".join(ds) or "leave the string unchanged"
 
     def describe(self) -> str:
-        ds = [st.describe() for st in self.steps if not (st.kind == "op" and st.op.name == "identity")]
-        return ("; then ".join(ds) or "leave the string unchanged").capitalize() + "."
+        d = self.phrase()
+        return d[:1].upper() + d[1:] + "."
 
 
 def _piece(op: Op) -> str:
@@ -297,12 +345,17 @@ def _learn_shifts(data) -> list[Step]:
 
 def _aligned_map(g: Op, data) -> dict | None:
     """A character map ``M`` with ``o == ''.join(M[c] for c in g(p))`` position by position, if one exists."""
+    try:
+        ts = [g(p) for p, _ in data]
+    except Exception:
+        return None
+    return _aligned_table(ts, [o for _, o in data])
+
+
+def _aligned_table(ts: list, outs: list) -> dict | None:
+    """A character map taking each ``ts[i]`` to ``outs[i]`` position by position (not the identity), if one exists."""
     table: dict = {}
-    for p, o in data:
-        try:
-            t = g(p)
-        except Exception:
-            return None
+    for t, o in zip(ts, outs):
         if not isinstance(o, str) or not isinstance(t, str) or len(t) != len(o):
             return None
         for a, b in zip(t, o):
@@ -347,10 +400,11 @@ def _count_set(data) -> frozenset | None:
     return frozenset(p for p, o in singles if o == 1)
 
 
-def search(data: list[tuple[str, Any]], deadline: float | None = None) -> tuple[Program, float]:
+def search(data: list[tuple[str, Any]], deadline: float | None = None, lift: bool = True) -> tuple[Program, float]:
     """The simplest program consistent with every ``(input, output)`` pair, and its match fraction.
 
-    When none is found, the candidate matching the most pairs (fraction < 1).
+    When none is found, the candidate matching the most pairs (fraction < 1). ``lift`` allows
+    programs built from sub-programs (per-word programs, conditionals).
     """
     deadline = deadline or (time.time() + 5.0)
     if os.environ.get("MECHSCOPE_FIND_DEBUG"):
@@ -382,11 +436,12 @@ def search(data: list[tuple[str, Any]], deadline: float | None = None) -> tuple[
             return best[0], 1.0
         if time.time() > deadline:
             return best[0], best[1]
-    prog = _concat(data)
-    if prog is not None:
-        return prog, 1.0
-    if time.time() < deadline:
-        prog = _depth2(data, deadline)
+    for learn in (_keyed_shift, _concat):
+        prog = learn(data)
+        if prog is not None:
+            return prog, 1.0
+    for learn in (_depth2, _per_word, _conditional) if lift else (_depth2,):
+        prog = learn(data, deadline) if time.time() < deadline else None
         if prog is not None:
             return prog, 1.0
     return best[0], best[1]
@@ -527,4 +582,113 @@ def _depth2(data, deadline) -> Program | None:
                     break
             if ok:
                 return Program([Step("op", op1), Step("op", op2)])
+    return None
+
+
+# ------------------------------------------------------------------ keyed ciphers, per-word programs, conditionals
+
+
+def _uniform_shift(p: str, o: Any) -> int | None:
+    """The one Caesar shift taking ``p`` to ``o`` (non-letters unchanged), or ``None``."""
+    if not isinstance(o, str) or len(o) != len(p):
+        return None
+    ks = set()
+    for a, b in zip(p, o):
+        if a.isascii() and a.isalpha():
+            if not (b.isascii() and b.isalpha() and a.islower() == b.islower()):
+                return None
+            ks.add((ord(b.lower()) - ord(a.lower())) % 26)
+        elif a != b:
+            return None
+    return ks.pop() if len(ks) == 1 else None
+
+
+def _keyed_shift(data) -> Program | None:
+    """A Caesar shift ``(a * count(s) + b) mod 26`` keyed by one of the counts (length, words, ...)."""
+    keyed = [(p, k) for p, o in data if any(c.isascii() and c.isalpha() for c in p) and (k := _uniform_shift(p, o)) is not None]
+    if len(keyed) < max(5, len(data) // 2) or len({k for _, k in keyed}) < 2:
+        return None
+    for count in COUNTS:
+        vs = [count(p) for p, _ in keyed]
+        for a in range(1, 26):
+            b = (keyed[0][1] - a * vs[0]) % 26
+            if all((a * v + b) % 26 == k for v, (_, k) in zip(vs, keyed)):
+                prog = Program([Step("keyed", op=count, table={"a": a, "b": b})])
+                if _matches(prog, data):
+                    return prog
+    return None
+
+
+def _per_word(data, deadline: float) -> Program | None:
+    """A program applied to every word: searched on the (word, output word) pairs, then verified."""
+    if not all(isinstance(o, str) for _, o in data):
+        return None
+    for split in (" ", None):
+        pairs = [list(zip(p.split(split), o.split(split))) for p, o in data if len(p.split(split)) == len(o.split(split))]
+        words = list(dict.fromkeys(pw for ps in pairs for pw in ps))
+        if len(pairs) < len(data) or len(words) < 10 or all(w == v for w, v in words) or time.time() > deadline:
+            continue
+        sub, frac = search(words, deadline, lift=False)
+        prog = Program([Step("words", table={"split": split}, subs=(sub,))])
+        if frac == 1.0 and _matches(prog, data):
+            return prog
+    return None
+
+
+def _mask(bits) -> int:
+    return sum(1 << i for i, b in enumerate(bits) if b)
+
+
+class _Branches:
+    """Programs that explain a subset of the probes (a bit mask), for conditionals: one op, one op
+    inside a constant affix, or one op followed by a position-wise character map."""
+
+    def __init__(self, data):
+        self.data = data
+        self.outs = [(op, outs) for outs, op in _distinct_outputs([IDENTITY] + OPS, [p for p, _ in data]).items()]
+        self.masks = [(op, _mask(_eq(t, o) for t, (_, o) in zip(outs, data))) for op, outs in self.outs]
+        self.memo: dict[int, Program | None] = {}
+
+    def find(self, mask: int) -> Program | None:
+        if mask not in self.memo:
+            self.memo[mask] = self._find(mask)
+        return self.memo[mask]
+
+    def _find(self, mask: int) -> Program | None:
+        for op, m in self.masks:
+            if m & mask == mask:
+                return Program([Step("op", op)])
+        idx = [i for i in range(len(self.data)) if mask >> i & 1]
+        group = [self.data[i] for i in idx]
+        for P, S in _affixes(group):
+            core = [o[len(P):len(o) - len(S)] for _, o in group]
+            for op, outs in self.outs:
+                if all(_eq(outs[i], c) for i, c in zip(idx, core)):
+                    return Program([Step("op", op), Step("affix", pre=P, suf=S)])
+        for op, outs in self.outs:
+            table = _aligned_table([outs[i] for i in idx], [o for _, o in group])
+            if table is not None:
+                return Program([Step("op", op), Step("map", table=table)])
+        return None
+
+
+def _conditional(data, deadline: float) -> Program | None:
+    """``A(s) if cond(s) else B(s)``: for each predicate, a branch program for each side of the split."""
+    if not all(isinstance(o, str) for _, o in data):
+        return None
+    branches = _Branches(data)
+    full = (1 << len(data)) - 1
+    for pred in PREDICATES:
+        if time.time() > deadline:
+            return None
+        try:
+            t = _mask(bool(pred(p)) for p, _ in data)
+        except Exception:
+            continue
+        if min(bin(t).count("1"), bin(full ^ t).count("1")) < 3:
+            continue
+        a = branches.find(t)
+        b = branches.find(full ^ t) if a is not None else None
+        if b is not None:
+            return Program([Step("cond", op=pred, subs=(a, b))])
     return None
