@@ -440,7 +440,7 @@ def search(data: list[tuple[str, Any]], deadline: float | None = None, lift: boo
         prog = learn(data)
         if prog is not None:
             return prog, 1.0
-    for learn in (_depth2, _per_word, _conditional) if lift else (_depth2,):
+    for learn in (_depth2, _per_word, _conditional, _depth3) if lift else (_depth2,):
         prog = learn(data, deadline) if time.time() < deadline else None
         if prog is not None:
             return prog, 1.0
@@ -565,24 +565,65 @@ def _concat(data) -> Program | None:
 
 
 def _depth2(data, deadline) -> Program | None:
-    """Two fixed ops, pruned by output signature on the probes."""
+    """Two fixed ops (pruned by output signature on the probes)."""
+    return _two_ops(data, deadline, [None])
+
+
+def _depth3(data, deadline) -> Program | None:
+    """Two fixed ops and a learned last step: a constant affix read off the outputs, a truncation
+    to the longest output's length, or a position-wise character map."""
+    outs = [o for _, o in data]
+    if not all(isinstance(o, str) for o in outs):
+        return None
+    k = max(len(o) for o in outs)
+    cut = [Op(f"take{k}", f"return s[:{k}]", f"keep the first {k} characters"),
+           Op(f"take_last{k}", f"return s[-{k}:]", f"keep the last {k} characters")] if k else []
+    return _two_ops(data, deadline, _affixes(data) + cut + ["map"])
+
+
+def _two_ops(data, deadline, lasts: list) -> Program | None:
+    """``op2(op1(s))`` then each of ``lasts`` (``None``: nothing; ``(pre, suf)``: an affix; an
+    :class:`Op`; ``"map"``: a learned character map); each pair is abandoned at the first probe
+    it cannot explain."""
     firsts = [(op, outs) for outs, op in _distinct_outputs(OPS, [p for p, _ in data]).items()]
-    for op1, outs1 in firsts:
-        if time.time() > deadline:
-            return None
-        for op2 in OPS:
-            ok = True
-            for t, (_, o) in zip(outs1, data):
-                try:
-                    if not _eq(op2(t), o):
-                        ok = False
-                        break
-                except Exception:
-                    ok = False
-                    break
-            if ok:
-                return Program([Step("op", op1), Step("op", op2)])
+    outs = [o for _, o in data]
+    for last in lasts:
+        target = outs if not isinstance(last, tuple) else [o[len(last[0]):len(o) - len(last[1])] for o in outs]
+        for op1, outs1 in firsts:
+            if time.time() > deadline:
+                return None
+            for op2 in OPS:
+                prog = _explains(op1, op2, outs1, target, last)
+                if prog is not None:
+                    return prog
     return None
+
+
+def _explains(op1: Op, op2: Op, outs1, target, last) -> Program | None:
+    """``op2`` after ``op1`` (whose outputs are ``outs1``), then ``last``, if that gives every target."""
+    table: dict = {}
+    for t, o in zip(outs1, target):
+        try:
+            v = op2(t)
+            v = last(v) if isinstance(last, Op) else v
+        except Exception:
+            return None
+        if last != "map":
+            if not _eq(v, o):
+                return None
+            continue
+        if not isinstance(v, str) or len(v) != len(o) or any(table.setdefault(a, b) != b for a, b in zip(v, o)):
+            return None
+    steps = [Step("op", op1), Step("op", op2)]
+    if isinstance(last, tuple):
+        steps.append(Step("affix", pre=last[0], suf=last[1]))
+    elif isinstance(last, Op):
+        steps.append(Step("op", last))
+    elif last == "map":
+        if all(k == v for k, v in table.items()):
+            return None
+        steps.append(Step("map", table=table))
+    return Program(steps)
 
 
 # ------------------------------------------------------------------ keyed ciphers, per-word programs, conditionals
