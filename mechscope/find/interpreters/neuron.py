@@ -8,7 +8,9 @@ exceeds :data:`F_MIN` (strict, since several hundred hypotheses compete), up to
 :data:`MAX_TERMS` terms. So one concept, a union of concepts at different strengths
 (polysemantic units), a suppressed concept (negative weight) and a noisy unit are all one model.
 The code predicts from membership in the *full* concept lists, so it generalises to words that
-were not probed. When no hypothesis is significant, the code is a lookup table of the probed
+were not probed. Conjunctions (a concept AND / AND NOT a surface feature, e.g. long animal
+names) are hypotheses of a second pass, built from the concepts the first pass chose, and kept
+when they explain clearly more variance. When no hypothesis is significant, the code is a lookup table of the probed
 words and the description lists the top-activating ones.
 """
 
@@ -48,6 +50,22 @@ def _lexical(words: list[str]) -> dict[str, tuple[str, str, callable]]:
     return H
 
 
+def _interactions(hyps: dict, terms: list[str]) -> dict:
+    """Hypotheses ``concept AND feature`` and ``concept AND NOT feature`` for the chosen concepts."""
+    out = {}
+    for t in terms:
+        kind, name, cv = hyps[t]
+        if kind != "concept":
+            continue
+        for k, (kk, what, lv) in hyps.items():
+            if kk == "lexical":
+                src, desc = what
+                out[f"{t}&{k}"] = ("and", (name, src, desc), cv * lv)
+                out[f"{t}&!{k}"] = ("and", (name, f"not ({src})", f"not {desc}"), cv * (1 - lv))
+    return out
+
+
+R2_GAIN = 0.02  # the conjunction pass must explain this much more variance to be kept
 F_MIN = 25.0  # F(1, n) for adding a term: p < ~1e-6, a Bonferroni bar for ~500 hypotheses
 MAX_TERMS = 4
 
@@ -79,6 +97,13 @@ def _stepwise(X: np.ndarray, y: np.ndarray) -> tuple[list[int], np.ndarray, floa
             break
         chosen, A, coef, rss = chosen + [j], B, c, r
     return chosen, coef, 1 - rss / max(tss, 1e-12)
+
+
+def _fit(hyps: dict, y: np.ndarray) -> tuple[list[str], list[int], np.ndarray, float]:
+    """Stepwise fit over the hypotheses' columns: their keys, the chosen columns, coefficients, R^2."""
+    keys = list(hyps)
+    X = np.column_stack([hyps[k][2] for k in keys]) if keys else np.zeros((len(y), 0))
+    return (keys, *_stepwise(X, y))
 
 
 class NeuronInterpreter:
@@ -116,9 +141,13 @@ class NeuronInterpreter:
             hyps[f"concept:{name}"] = ("concept", name, np.array([w in members for w in ws], float))
         for name, (src, desc, pred) in _lexical(ws).items():
             hyps[name] = ("lexical", (src, desc), np.array([pred(w) for w in ws], float))
-        keys = list(hyps)
-        X = np.column_stack([hyps[k][2] for k in keys]) if keys else np.zeros((len(y), 0))
-        chosen, coef, fit_r2 = _stepwise(X, y)
+        keys, chosen, coef, fit_r2 = _fit(hyps, y)
+        more = _interactions(hyps, [keys[j] for j in chosen])
+        if more:
+            fit2 = _fit({**hyps, **more}, y)
+            if fit2[3] > fit_r2 + R2_GAIN:
+                hyps.update(more)
+                keys, chosen, coef, fit_r2 = fit2
         meta = {"r2": fit_r2, "hypothesis": keys[chosen[0]] if chosen else None, "terms": [keys[j] for j in chosen],
                 "n_probes": len(ws)}
         lens = np.array([len(w) for w in ws], float)
@@ -149,6 +178,8 @@ def _term_name(key: str, hyps: dict, data: dict) -> str:
     kind, what, _ = hyps[key]
     if kind == "lexical":
         return what[1]
+    if kind == "and":
+        return f"{what[0].replace('_', ' ')} words that are also {what[2]}"
     kws = data["concepts"][what]["keywords"]
     return f"{what.replace('_', ' ')} words ({kws[0]}), e.g. {', '.join(data['concepts'][what]['words'][:4])}"
 
@@ -175,9 +206,10 @@ def _code(terms: list[tuple[str, float]], base: float, hyps: dict, data: dict) -
     lines, conds = [], []
     for i, (key, w) in enumerate(terms):
         kind, what, _ = hyps[key]
-        if kind == "concept":
-            lines.append(f"_C{i} = {sorted(data['concepts'][what]['words'])!r}\n")
-            conds.append((f"w in _C{i}", w))
+        if kind in ("concept", "and"):
+            name = what if kind == "concept" else what[0]
+            lines.append(f"_C{i} = {sorted(data['concepts'][name]['words'])!r}\n")
+            conds.append((f"w in _C{i}" if kind == "concept" else f"w in _C{i} and ({what[1]})", w))
         else:
             conds.append((what[0], w))
     body = "".join(f"    if {c}:\n        y += {w!r}\n" for c, w in conds)
