@@ -152,6 +152,23 @@ def _step_grid(ctx: Ctx, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.concatenate([(xs[big] + xs[big + 1]) / 2, _locs(ctx, 40)])[:, None]
 
 
+def pole_candidates(x: np.ndarray, y: np.ndarray, n: int = 8) -> np.ndarray:
+    """Likely poles inside the samples: between consecutive samples where ``y`` changes sign at a
+    large magnitude, the point where ``A / (x - c)`` through both samples has its pole; largest first."""
+    o = np.argsort(x)
+    xs, ys = x[o], y[o]
+    if len(xs) < 4:
+        return np.zeros(0)
+    a, b, xa, xb = ys[:-1], ys[1:], xs[:-1], xs[1:]
+    mag = np.minimum(np.abs(a), np.abs(b))
+    ok = (np.sign(a) * np.sign(b) < 0) & (mag > 3 * np.median(np.abs(ys - np.median(ys))) + 1e-300)
+    with np.errstate(all="ignore"):
+        c = (a * xa - b * xb) / (a - b)
+    ok &= np.isfinite(c) & (c >= xa) & (c <= xb)
+    idx = np.nonzero(ok)[0]
+    return c[idx[np.argsort(-mag[idx])][:n]]
+
+
 def _mesh(a, b) -> np.ndarray:
     A, B = np.meshgrid(a, b, indexing="ij")
     return np.stack([A.ravel(), B.ravel()], 1)
@@ -354,6 +371,8 @@ def _families_other() -> list[Family]:
         lambda th, ctx: f"{ctx.s!r} / (x - {_r(th[0])})",
         lambda th, b, ctx: f"a hyperbola 1/(x - {_g(th[0])})"))
 
+    F += _families_poles()
+
     def b_lor(x, T, ctx):
         d, w = x[None, :] - _c(T), _w(T)
         den = d * d + w * w
@@ -365,6 +384,37 @@ def _families_other() -> list[Family]:
                          f"{float(abs(th[1]))!r}*(x - {_r(th[0])}) / ((x - {_r(th[0])})**2 + {float(th[1] ** 2)!r})"],
         lambda th, b, ctx: f"a rational function (Lorentzian) centred at x = {_g(th[0])} with width {_g(abs(th[1]))}"))
     return F
+
+
+def _families_poles() -> list[Family]:
+    """Poles inside the domain: ``a + b*u + d/(x - c)``, two simple poles, and a tangent ``cot(w (x - c))``
+    (poles every ``pi / w``); the grids start at the poles seen in the samples."""
+    def g_one(ctx, x, y):
+        return pole_candidates(x, y)[:, None]
+
+    def g_two(ctx, x, y):
+        p = pole_candidates(x, y, 6)
+        return np.array([[a, b] for i, a in enumerate(p) for b in p[i + 1:]]).reshape(-1, 2)
+
+    def g_tan(ctx, x, y):
+        p = pole_candidates(x, y, 6)
+        gaps = [abs(a - b) for i, a in enumerate(p) for b in p[i + 1:]]
+        ws = np.concatenate([math.pi / np.array(gaps + [1.0]), math.pi / (ctx.W * np.logspace(-0.3, 0.7, 8))])
+        return _mesh(p, ws[ws > 0]).reshape(-1, 2)
+
+    def b_two(x, T, ctx):
+        d1, d2 = x[None, :] - T[:, :1], x[None, :] - T[:, 1:2]
+        return np.stack([np.ones_like(d1), ctx.s / d1, ctx.s / d2], -1)
+
+    return [
+        _one_col("pole", 1, lambda x, T, ctx: ctx.s / (x - _c(T)), g_one, lambda th, ctx: f"{ctx.s!r} / (x - {_r(th[0])})",
+                 lambda th, b, ctx: f"a pole at x = {_g(th[0])} (a hyperbola plus a linear trend)", linear=True),
+        Family("two_poles", 2, b_two, g_two, lambda th, ctx: ["1", f"{ctx.s!r} / (x - {_r(th[0])})", f"{ctx.s!r} / (x - {_r(th[1])})"],
+               lambda th, b, ctx: f"a rational function with poles at x = {_g(th[0])} and x = {_g(th[1])}"),
+        _one_col("tangent", 2, lambda x, T, ctx: 1 / np.tan(T[:, 1:2] * (x - _c(T))), g_tan,
+                 lambda th, ctx: f"1 / np.tan({_r(th[1])}*(x - {_r(th[0])}))",
+                 lambda th, b, ctx: f"a tangent-like periodic function with poles every {_g(math.pi / abs(th[1]))} (at x = {_g(th[0])} + k*{_g(math.pi / abs(th[1]))})"),
+    ]
 
 
 def all_families(max_degree: int = 6) -> list[Family]:

@@ -153,6 +153,8 @@ def fit_family(fam: Family, x, y, ctx: Ctx, n_starts: int = 3, grid: np.ndarray 
         _, beta, rss = _vp(fam, theta, x, y, ctx)
         return Fit(fam, theta, beta, rss, ctx) if np.isfinite(rss) else None
     T = fam.grid(ctx, x, y) if grid is None else grid
+    if len(T) == 0:  # a data-driven grid found nothing to start from (e.g. no pole in the samples)
+        return None
     rss = []
     k_guess = fam.basis(x[:2], T[:1], ctx).shape[-1]
     step = max(1, chunk // max(1, len(x) * k_guess))

@@ -99,8 +99,11 @@ class SymbolicInterpreter:
         xv, yv = xr[rm], yr[rm]
         if len(xv) < 5:  # tiny budgets: validate on the fit points
             xv, yv = xf, yf
-        var_y = float(np.var(np.concatenate([yf, yv]))) or 1e-300
-        ms_y = float(np.mean(np.concatenate([yf, yv]) ** 2))
+        # scales from the uniform samples only: points bisected towards a pole are huge and would
+        # make any model "explain the data"
+        y_unif = np.concatenate([ygf, yv])
+        var_y = float(np.var(y_unif)) or 1e-300
+        ms_y = float(np.mean(y_unif ** 2))
         thr = 1.5 * sigma ** 2 + 1e-7 * var_y + 1e-20 * ms_y + 1e-300  # "explains the data to noise level"
 
         def mse(pred, xs, ys):
