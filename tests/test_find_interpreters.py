@@ -116,3 +116,46 @@ def test_get_interpreter_names_and_errors():
         get_interpreter("gpt-17")
     with pytest.raises(ConfigError, match="could not import"):
         get_interpreter("no.such.module:Thing")
+
+
+def _caesar(s: str, k: int) -> str:
+    return "".join(chr((ord(c) - b + k) % 26 + b) if c.isascii() and c.isalpha() and (b := 97 if c.islower() else 65) else c
+                   for c in s)
+
+
+@pytest.mark.parametrize("fn, domain, words", [
+    (lambda s: s.lower() if s[:1].isupper() else s.swapcase(), "mixed",
+     "if the string starts with an upper-case letter: convert to lower case; otherwise: swap the case"),
+    (lambda s: ("odd:" + s) if len(s) % 2 else s[::-1], "words", "otherwise: prepend 'odd:'"),
+    (lambda s: " ".join(w + w[0] for w in s.split()), "sentences", "in each word: write the string, then"),
+    (lambda s: _caesar(s, len(s.split()) + 2), "sentences",
+     "shift every letter forward by (the number of words + 2) mod 26"),
+    (lambda s: "<" + " ".join(sorted(s.split()))[::-1] + ">", "sentences", "sort the words; then reverse the string; then prepend '<'"),
+])
+def test_string_search_conditionals_per_word_keyed_and_three_steps(fn, domain, words):
+    """Conditionals on a property of the input, a program applied to each word, a Caesar shift
+    keyed by a count, two ops and a learned affix: each scored well below 1 before these searches."""
+    rec = evaluate(fn, StringSearchInterpreter(), "string", domain)
+    assert rec["exact"] == 1.0, rec["interpretation"]["description"]
+    assert words.lower() in rec["interpretation"]["description"].lower()
+
+
+def test_neuron_interpreter_conjunction_of_concept_and_feature():
+    """A unit firing on short body-part words only (concept AND length <= 4): the additive model
+    could only say "body parts"."""
+    from mechscope.find.inputs import concepts
+
+    body = set(concepts()["concepts"]["body_parts"]["words"])
+    rec = evaluate(lambda w: 1.0 if w in body and len(w) <= 4 else 0.0, NeuronInterpreter(), "neuron", "vocab")
+    assert rec["score"] > 0.95 and "body parts words that are also" in rec["interpretation"]["description"]
+
+
+@pytest.mark.parametrize("fn, domain, words", [
+    (lambda x: 2 / (x + 1.3) - 0.5 * x, (-6, 6), "a pole at x = -1.3"),
+    (lambda x: 1 / ((x - 2) * (x + 3)), (-8, 8), "poles at x ="),
+    (lambda x: 3 * math.tan(0.4 * x + 0.3), (-8, 8), "poles every 7.854"),
+])
+def test_symbolic_poles_inside_the_domain(fn, domain, words):
+    """Poles inside the domain (one with a linear trend, two, a tangent); these scored ~0."""
+    rec = evaluate(fn, SymbolicInterpreter(), "numeric", domain)
+    assert rec["score"] > 0.95 and words in rec["interpretation"]["description"], rec["interpretation"]["description"]
