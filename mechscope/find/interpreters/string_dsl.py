@@ -138,24 +138,24 @@ def _as_text(count: Op) -> Op:
 
 def _predicates() -> list[Op]:
     """Conditions on the input for conditional programs (``A(s) if cond(s) else B(s)``)."""
-    preds = [
-        Op("len_even", "return len(s) % 2 == 0", "the string has an even number of characters"),
-        Op("len_mult3", "return len(s) % 3 == 0", "the length is a multiple of 3"),
-        Op("words_even", "return len(s.split()) % 2 == 0", "the string has an even number of words"),
-        Op("vowel_first", "return s[:1].lower() in 'aeiou' and s[:1] != ''", "the string starts with a vowel"),
-        Op("vowel_last", "return s[-1:].lower() in 'aeiou' and s[-1:] != ''", "the string ends with a vowel"),
-        Op("upper_first", "return s[:1].isupper()", "the string starts with an upper-case letter"),
-        Op("digit_first", "return s[:1].isdigit()", "the string starts with a digit"),
-        Op("has_digit", "return any(c.isdigit() for c in s)", "the string contains a digit"),
-        Op("has_upper", "return any(c.isupper() for c in s)", "the string contains an upper-case letter"),
-        Op("has_space", "return ' ' in s", "the string contains a space"),
-        Op("all_letters", "return s.isalpha()", "the string consists only of letters"),
-        Op("all_lower", "return s.islower()", "the string is all lower case"),
-        Op("palindrome", "return s == s[::-1]", "the string is a palindrome"),
-        Op("vowels_even", "return sum(c.lower() in 'aeiou' for c in s) % 2 == 0", "the number of vowels is even"),
-        Op("more_vowels", "return 2 * sum(c.lower() in 'aeiou' for c in s) > sum(c.isalpha() for c in s)",
-           "more than half of the letters are vowels"),
+    table = [  # name, body of the test on ``s``, what it says
+        ("len_even", "return len(s) % 2 == 0", "the string has an even number of characters"),
+        ("len_mult3", "return len(s) % 3 == 0", "the length is a multiple of 3"),
+        ("words_even", "return len(s.split()) % 2 == 0", "the string has an even number of words"),
+        ("vowel_first", "return s[:1].lower() in 'aeiou' and s[:1] != ''", "the string starts with a vowel"),
+        ("vowel_last", "return s[-1:].lower() in 'aeiou' and s[-1:] != ''", "the string ends with a vowel"),
+        ("upper_first", "return s[:1].isupper()", "the string starts with an upper-case letter"),
+        ("digit_first", "return s[:1].isdigit()", "the string starts with a digit"),
+        ("has_digit", "return any(c.isdigit() for c in s)", "the string contains a digit"),
+        ("has_upper", "return any(c.isupper() for c in s)", "the string contains an upper-case letter"),
+        ("has_space", "return ' ' in s", "the string contains a space"),
+        ("all_letters", "return s.isalpha()", "the string consists only of letters"),
+        ("all_lower", "return s.islower()", "the string is all lower case"),
+        ("palindrome", "return s == s[::-1]", "the string is a palindrome"),
+        ("vowels_even", "return sum(c.lower() in 'aeiou' for c in s) % 2 == 0", "the number of vowels is even"),
+        ("more_vowels", "return 2 * sum(c.lower() in 'aeiou' for c in s) > sum(c.isalpha() for c in s)", "more than half of the letters are vowels"),
     ]
+    preds = [Op(*row) for row in table]
     for k in range(1, 16):
         preds.append(Op(f"len_gt{k}", f"return len(s) > {k}", f"the string is longer than {k} characters"))
     for k in range(1, 5):

@@ -6,9 +6,13 @@ probes — this covers substitutions, deletions, duplications, case maps and cip
 key), a *constant affix* (prefix/suffix read off the common start/end of all outputs) and, for
 integer outputs, a *learned counting set* and *count arithmetic* (``a * count + b`` or
 ``count % m``, read off the outputs); a *concatenation* ``A(s) + sep + B(s)`` of two pieces (any
-op, the string itself, a count written as text, or nothing; ``sep`` read off the outputs). The
-search tries, simplest first: one fixed op; the learned map before or after one fixed op; the same
-inside a constant affix; a concatenation; two fixed ops.
+op, the string itself, a count written as text, or nothing; ``sep`` read off the outputs); a
+*keyed Caesar shift* (by ``a * count(s) + b``); a *per-word program* (any program found on the
+(word, output word) pairs); a *conditional* ``A(s) if cond(s) else B(s)`` (a predicate library
+on the input; each branch one op, alone, inside an affix or before a character map). The search
+tries, simplest first: one fixed op; the learned map before or after one fixed op; the same
+inside a constant affix; a keyed shift; a concatenation; two fixed ops; a per-word program; a
+conditional; two fixed ops and a learned last step (affix, truncation or character map).
 The first program consistent with every probe wins; else the one matching the most probes.
 """
 
@@ -722,10 +726,7 @@ def _conditional(data, deadline: float) -> Program | None:
     for pred in PREDICATES:
         if time.time() > deadline:
             return None
-        try:
-            t = _mask(bool(pred(p)) for p, _ in data)
-        except Exception:
-            continue
+        t = _mask(bool(pred(p)) for p, _ in data)  # the predicates are total on strings
         if min(bin(t).count("1"), bin(full ^ t).count("1")) < 3:
             continue
         a = branches.find(t)
