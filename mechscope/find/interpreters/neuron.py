@@ -10,7 +10,7 @@ exceeds :data:`F_MIN` (strict, since several hundred hypotheses compete), up to
 The code predicts from membership in the *full* concept lists, so it generalises to words that
 were not probed. Conjunctions (a concept AND / AND NOT a surface feature, e.g. long animal
 names) are hypotheses of a second pass, built from the concepts the first pass chose, and kept
-when they explain clearly more variance. When no hypothesis is significant, the code is a lookup table of the probed
+when they predict clearly more variance (leave-one-out). When no hypothesis is significant, the code is a lookup table of the probed
 words and the description lists the top-activating ones.
 """
 
@@ -65,7 +65,7 @@ def _interactions(hyps: dict, terms: list[str]) -> dict:
     return out
 
 
-R2_GAIN = 0.02  # the conjunction pass must explain this much more variance to be kept
+R2_GAIN = 0.02  # the conjunction pass must predict this much more variance (leave-one-out) to be kept
 F_MIN = 25.0  # F(1, n) for adding a term: p < ~1e-6, a Bonferroni bar for ~500 hypotheses
 MAX_TERMS = 4
 
@@ -106,6 +106,15 @@ def _fit(hyps: dict, y: np.ndarray) -> tuple[list[str], list[int], np.ndarray, f
     return (keys, *_stepwise(X, y))
 
 
+def _loo_r2(hyps: dict, keys: list[str], chosen: list[int], y: np.ndarray) -> float:
+    """Leave-one-out R^2 of least squares on the chosen hypotheses (PRESS residuals ``e / (1 - h)``):
+    terms resting on one or two words, which fit them exactly, predict them badly."""
+    A = np.column_stack([np.ones(len(y))] + [hyps[keys[j]][2] for j in chosen])
+    P = A @ np.linalg.pinv(A)
+    e = (y - P @ y) / np.maximum(1 - np.diag(P), 1e-6)
+    return 1 - float(e @ e) / max(float(((y - y.mean()) ** 2).sum()), 1e-12)
+
+
 class NeuronInterpreter:
     """Names the concept or surface feature a word-level unit responds to (see module docstring)."""
 
@@ -144,9 +153,10 @@ class NeuronInterpreter:
         keys, chosen, coef, fit_r2 = _fit(hyps, y)
         more = _interactions(hyps, [keys[j] for j in chosen])
         if more:
-            fit2 = _fit({**hyps, **more}, y)
-            if fit2[3] > fit_r2 + R2_GAIN:
-                hyps.update(more)
+            both = {**hyps, **more}
+            fit2 = _fit(both, y)
+            if _loo_r2(both, fit2[0], fit2[1], y) > _loo_r2(hyps, keys, chosen, y) + R2_GAIN:
+                hyps = both
                 keys, chosen, coef, fit_r2 = fit2
         meta = {"r2": fit_r2, "hypothesis": keys[chosen[0]] if chosen else None, "terms": [keys[j] for j in chosen],
                 "n_probes": len(ws)}
