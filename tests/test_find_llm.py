@@ -70,7 +70,7 @@ CORRUPTED: none
 def test_agent_loop_against_local_server(tmp_path):
     script = ["Let me probe.\nQUERY: [0, 1, 2]\nQUERY: [-1]", "Hmm.", FINAL]
     with ScriptedServer(script) as srv:
-        agent = LLMAgentInterpreter(srv.config, transcript_dir=tmp_path)
+        agent = LLMAgentInterpreter(srv.config, transcript_dir=tmp_path, warm_start=False)
         h = BlackBoxHandle(lambda x: 3 * x * x - 1, "numeric", (-5, 5), budget=50, label="parabola")
         it = agent.interpret(h)
     assert h.used == 4 and len(srv.requests) == 3
@@ -89,7 +89,7 @@ def test_agent_loop_against_local_server(tmp_path):
 def test_agent_reports_budget_errors_and_scores_through_evaluate():
     script = ["QUERY: [1, 2, 3, 4, 5]", "QUERY: [0.5]", FINAL.replace("CORRUPTED: none", "CORRUPTED: [1, 2]")]
     with ScriptedServer(script) as srv:
-        rec = evaluate(lambda x: 3 * x * x - 1, LLMAgentInterpreter(srv.config), "numeric", (-5, 5), budget=3)
+        rec = evaluate(lambda x: 3 * x * x - 1, LLMAgentInterpreter(srv.config, warm_start=False), "numeric", (-5, 5), budget=3)
         assert "ERROR: query of 5 input(s) exceeds the budget" in srv.requests[1]["body"]["messages"][-1]["content"]
     assert rec["queries"] == 1 and rec["score"] == 1.0 and rec["false_corruption"] is True
     assert rec["interpretation"]["corrupted_interval"] == [1.0, 2.0]
@@ -100,6 +100,67 @@ def test_parsers():
     assert parse_final("DESCRIPTION: only words") is None
     fin = parse_final(FINAL.replace("CORRUPTED: none", "CORRUPTED: [2.5, -1]"))
     assert fin.corrupted_interval == (-1.0, 2.5) and "def f(x)" in fin.code
+
+
+def test_parsers_read_replies_as_chat_models_write_them():
+    """Markdown around the keywords, lists over several lines or in Python syntax, an unlabelled
+    ``py`` fence, and a reasoning block whose queries were only considered."""
+    reply = """<think>Maybe QUERY: [999] first? No.</think>
+**QUERY:** ['ab', "c d",
+  'e']
+- QUERY: [True, None]
+QUERY: `[1.5, 2]`
+"""
+    assert parse_queries(reply) == [["ab", "c d", "e"], [True, None], [1.5, 2]]
+    final = parse_final("""<think>DESCRIPTION: wrong</think>Here is my answer.
+
+**DESCRIPTION:** **Doubles the input and adds one.**
+
+```py
+import math
+
+def f(x):
+    return 2 * x + 1
+```
+**CORRUPTED:** (3, -2)""")
+    assert final.description == "Doubles the input and adds one." and "return 2 * x + 1" in final.code
+    assert final.corrupted_interval == (-2.0, 3.0)
+    assert parse_final("DESCRIPTION: x\n```\nprint('no f here')\n```") is None
+
+
+QUADRATIC = lambda x: 3 * x * x - 1  # noqa: E731
+
+
+def test_agent_starts_from_a_spread_of_results_and_checks_its_answer(tmp_path):
+    """The first message carries f on 21 evenly spaced inputs; a wrong final answer is run on every
+    queried input and sent back with the worst disagreements, a crashing one with its error; the
+    revised answer is kept."""
+    wrong = FINAL.replace("3 * x ** 2 - 1", "2 * x ** 2")
+    crashing = FINAL.replace("3 * x ** 2 - 1", "undefined_name * x")
+    script = ["QUERY: [0.5]", wrong, crashing, FINAL]
+    with ScriptedServer(script) as srv:
+        h = BlackBoxHandle(QUADRATIC, "numeric", (-5, 5), budget=200, label="q")
+        it = LLMAgentInterpreter(srv.config, transcript_dir=tmp_path).interpret(h)
+    opening = srv.requests[0]["body"]["messages"][1]["content"]
+    assert opening.count("], [") == 20 and "[-5.0, 74.0]" in opening and "[5.0, 74.0]" in opening
+    assert h.used == 22 and "budget left: 179" in opening
+    feedback = srv.requests[2]["body"]["messages"][-1]["content"]
+    assert "disagrees with the black box" in feedback and "f(-5.0) = 74.0, your f gives 50.0" in feedback
+    assert "raises on 22 of the 22 inputs" in srv.requests[3]["body"]["messages"][-1]["content"]
+    assert "NameError" in srv.requests[3]["body"]["messages"][-1]["content"]
+    assert it.code.strip().endswith("return 3 * x ** 2 - 1") and len(it.meta["self_checks"]) == 2 and it.meta["turns"] == 4
+
+
+def test_self_check_rounds_are_bounded_and_neurons_use_correlation():
+    with ScriptedServer([FINAL.replace("3 * x ** 2 - 1", "0 * x")] * 2) as srv:
+        it = LLMAgentInterpreter(srv.config, check_rounds=1).interpret(BlackBoxHandle(QUADRATIC, "numeric", (-5, 5), budget=100))
+        assert len(srv.requests) == 2 and len(it.meta["self_checks"]) == 1  # checked once, then the answer stands
+    from mechscope.find.interpreters.llm_agent import self_check
+
+    h = BlackBoxHandle(lambda w: 1.0 if w in ("cat", "dog") else 0.0, "neuron", budget=20)
+    h.query(["cat", "dog", "car", "sky"])
+    assert self_check("def f(w):\n    return 0.9 if w in ('cat', 'dog') else 0.1", h) is None  # correlated: fine
+    assert "disagrees" in self_check("def f(w):\n    return 1.0 if w == 'sky' else 0.0", h)
 
 
 def test_judge_and_errors():
@@ -130,3 +191,18 @@ def test_config_from_env(monkeypatch, tmp_path):
     p.write_text(json.dumps({"model": "other", "colour": "red"}))
     with pytest.raises(ConfigError, match="unknown LLM config keys \\['colour'\\]"):
         LLMConfig.from_file(p)
+
+
+def test_cli_passes_the_agent_options(tmp_path, capsys):
+    from mechscope.cli import main
+
+    with ScriptedServer([FINAL]) as srv:
+        cfg = tmp_path / "llm.json"
+        cfg.write_text(json.dumps({"base_url": srv.config.base_url, "model": "scripted-model"}))
+        argv = ["find", "run", "--suite", "gen:1", "--category", "numeric", "--limit", "1", "--interpreter", "llm",
+                "--llm-config", str(cfg), "--json"]
+        assert main(argv + ["--check-rounds", "-1"]) == 2 and "--check-rounds must be >= 0" in capsys.readouterr().err
+        assert main(argv + ["--no-warm-start", "--check-rounds", "0"]) == 0
+    assert len(srv.requests) == 1  # no self-check round
+    assert srv.requests[0]["body"]["messages"][1]["content"].startswith("Begin. Query f")  # no warm start
+    assert json.loads(capsys.readouterr().out)

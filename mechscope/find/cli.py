@@ -61,6 +61,9 @@ def register(subparsers) -> None:
     r.add_argument("--limit", type=int, default=None, help="at most this many functions")
     r.add_argument("--llm-config", default=None, help="JSON file with base_url, model, api_key, ... (else MECHSCOPE_LLM_* env)")
     r.add_argument("--transcripts", default=None, help="directory for LLM agent transcripts")
+    r.add_argument("--no-warm-start", action="store_true", help="llm: start the agent with no results (default: f on a spread of inputs)")
+    r.add_argument("--check-rounds", type=int, default=2,
+                   help="llm: times a final answer that disagrees with the queried outputs is sent back (0: never; default 2)")
     r.add_argument("--judge", action="store_true", help="score descriptions with the configured LLM")
     r.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
     r.set_defaults(func=_run)
@@ -126,13 +129,17 @@ def _llm_config(path):
 
 
 def _run(args) -> int:
+    from mechscope.errors import ConfigError
     from mechscope.find.interpreters import get_interpreter
     from mechscope.find.llm import LLMJudge
     from mechscope.find.runner import run_suite
 
     kw = {}
     if args.interpreter == "llm":
-        kw = {"config": _llm_config(args.llm_config), "transcript_dir": args.transcripts}
+        if args.check_rounds < 0:
+            raise ConfigError(f"--check-rounds must be >= 0; found {args.check_rounds}")
+        kw = {"config": _llm_config(args.llm_config), "transcript_dir": args.transcripts, "warm_start": not args.no_warm_start,
+              "check_rounds": args.check_rounds}
     interp = get_interpreter(args.interpreter, **kw)
     judge = LLMJudge(_llm_config(args.llm_config)) if args.judge else None
     suite = _load(args.suite).select(args.category, args.ids.split(",") if args.ids else None, args.limit)
