@@ -31,8 +31,9 @@ as linear, and nothing unknown silently becomes a constant.
 
 from __future__ import annotations
 
-from mechscope.linear.freeze import (_L, _P, _X, KNOWN_NONLINEAR, _arg, _Call, _call, _h_div, _h_product,
-                                     _register, _tensors, _with_arg, _worst_poison)
+from mechscope.linear.freeze.calls import _arg, _call, _Call, _register, _tensors, _with_arg
+from mechscope.linear.freeze.ops_products import _h_div, _h_product
+from mechscope.linear.freeze.taints import _L, _P, _X, KNOWN_NONLINEAR, _worst_poison
 
 # elementwise / reduction functions with no frozen linear form of their own, whose value at x0
 # may be frozen where it multiplies or divides an input-dependent tensor
