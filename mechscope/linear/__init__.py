@@ -7,8 +7,8 @@ affine map ``y = A x + c`` with ``A x0 + c = f(x0)``::
     amap = linearize(model, x0)          # FrozenAffineMap
     amap.apply(v); amap.apply_T(u); amap.bias; amap.row(3); amap.column(10); amap.svd(8)
 
-Modules: ``freeze`` (the freezing mechanism: a package, see its docstring), ``multipliers``
-(frozen gates and norm scales in products), ``affine_map`` (the ``AffineMap`` type), ``linearize``
+Modules: ``freeze`` (the freezing mechanism: a package, see its docstring; frozen gates and norm
+scales in products are its ``ops_multipliers``), ``affine_map`` (the ``AffineMap`` type), ``linearize``
 (entry points), ``analyses`` (pixel votes, bias share, basis images), ``demos`` (in-project image
 models), ``figures`` (PNGs), ``bench`` (speed vs jacrev), ``cli``.
 """

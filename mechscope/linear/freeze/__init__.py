@@ -15,7 +15,7 @@ Every torch call made while the network runs is intercepted with a
   attention scores ``q·k`` once the pattern is frozen, the ``pow``/``sqrt`` inside a norm whose
   scale is frozen) it is harmless.
 
-Frozen multipliers (:mod:`mechscope.linear.multipliers`): in an elementwise product of two
+Frozen multipliers (:mod:`mechscope.linear.freeze.ops_multipliers`): in an elementwise product of two
 input-dependent tensors (or a quotient), a factor that is a gate (``sigmoid`` / ``hardsigmoid``
 output: squeeze-excitation, CBAM, LSTM), another activation's output, or a *known* non-linear
 function (``POISON`` from ``sqrt``, ``pow``, ``rsqrt``, a product...: a hand-written norm's
@@ -57,12 +57,12 @@ Where things are
   (products, quotients, ``addmm`` & co.), :mod:`~mechscope.linear.freeze.ops_activations`
   (gains, piecewise, ``glu``, max / min / top-k / max-pool, dropout, softmax),
   :mod:`~mechscope.linear.freeze.ops_norms`, :mod:`~mechscope.linear.freeze.ops_attention`
-  (``scaled_dot_product_attention``); frozen multipliers in :mod:`mechscope.linear.multipliers`;
+  (``scaled_dot_product_attention``), :mod:`~mechscope.linear.freeze.ops_multipliers` (frozen multipliers);
 * :mod:`~mechscope.linear.freeze.network` — :class:`FrozenNetwork`, which runs the passes.
 
 Handlers are registered at import time, and a later registration of an op name replaces an
 earlier one: the handler submodules are imported below in a fixed order, and
-:mod:`mechscope.linear.multipliers` (which re-registers ``mul`` / ``div``) last.
+:mod:`mechscope.linear.freeze.ops_multipliers` (which re-registers ``mul`` / ``div``) last.
 """
 
 from __future__ import annotations
@@ -81,4 +81,4 @@ __all__ = ["FrozenNetwork", "FreezeMode", "Tape", "Taint", "CONST", "LINEAR", "A
 
 
 # products and quotients with a frozen multiplier, known non-linear functions (registered on import)
-from mechscope.linear import multipliers as _multipliers  # noqa: E402,F401
+from mechscope.linear.freeze import ops_multipliers  # noqa: E402,F401

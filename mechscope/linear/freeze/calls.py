@@ -4,7 +4,7 @@
 ``_Call`` is one intercepted torch call (op name, function, arguments, in-place flag), with the
 argument helpers ``_arg`` / ``_with_arg`` / ``_bind`` / ``_tensors`` / ``_is_float`` / ``_clone``.
 ``_HANDLERS`` maps an op name to its handler ``(mode, call) -> (output, taint)``; the ``ops_*``
-submodules and :mod:`mechscope.linear.multipliers` fill it with ``_register`` at import time (a
+submodules and :mod:`mechscope.linear.freeze.ops_multipliers` fill it with ``_register`` at import time (a
 later registration of a name replaces an earlier one), and ``_call`` runs a call unchanged.
 """
 

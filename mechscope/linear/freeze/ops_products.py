@@ -4,7 +4,7 @@ Products (``mul``, ``matmul``, ``einsum``, ``linear``, convolutions, ``bilinear`
 each factor separately: one input-dependent factor keeps the result linear (its bias argument is
 dropped in the ``linear`` phase); two make a known non-linear ``POISON`` (rank
 ``KNOWN_NONLINEAR``), and so does a division by an input-dependent tensor
-(:mod:`mechscope.linear.multipliers` re-registers ``mul`` / ``div`` to freeze one factor instead).
+(:mod:`mechscope.linear.freeze.ops_multipliers` re-registers ``mul`` / ``div`` to freeze one factor instead).
 ``addmm``, ``addcmul`` and friends are evaluated as their simpler ops with the mode active.
 """
 
@@ -101,7 +101,7 @@ def _h_rdiv(m, c):
 
 def _quotient_taint(m, c, ts: list[Taint]) -> Taint:
     """A division by an input-dependent tensor: a known non-linear function of the input (see
-    :mod:`mechscope.linear.multipliers`), unless an unknown op's poison is involved."""
+    :mod:`mechscope.linear.freeze.ops_multipliers`), unless an unknown op's poison is involved."""
     poison = _worst_poison(ts)
     if poison is not None and poison.rank == 0:
         return poison

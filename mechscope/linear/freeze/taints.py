@@ -19,7 +19,7 @@ _C, _L, _P, _X = 0, 1, 2, 3  # const, linear, pattern, poison
 @dataclass(frozen=True)
 class Taint:
     """What a tensor is as a function of the input. ``rank`` orders tensors as candidates for a
-    frozen multiplier (see :mod:`mechscope.linear.multipliers`): 0 never (plain ``LINEAR`` data, an
+    frozen multiplier (see :mod:`mechscope.linear.freeze.ops_multipliers`): 0 never (plain ``LINEAR`` data, an
     unknown op's ``POISON``), 1 an activation's output, 2 a gate (sigmoid / hardsigmoid output),
     3 a known non-linear function (``POISON`` from ``sqrt``, ``pow``, a product of two
     input-dependent tensors...)."""
