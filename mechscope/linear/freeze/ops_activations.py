@@ -205,15 +205,25 @@ def _h_minmax_binary(m, c):
 _register(["maximum", "minimum", "fmax", "fmin"], _h_minmax_binary)
 
 
+def _selection_input(m, c):
+    """``(x, None)`` when the data argument ``x`` of a selecting op (max, top-k, max-pool...) is
+    ``LINEAR``; else ``(x, (output, taint))`` to return as is: a poison passes on, and a frozen
+    softmax output cannot be selected from."""
+    x = c.args[0] if c.args else c.kwargs["input"]
+    tx = m.taint(x)
+    if tx.kind == _L:
+        return x, None
+    return x, (_call(c), tx if tx.kind == _X else m.poison(f"{c.name} of a frozen softmax output"))
+
+
 def _h_max(m, c):
     """max / min: full reduction, along a dim (values, indices), or elementwise of two tensors."""
     other = _arg(c, 1, "other")
     if isinstance(other, torch.Tensor):
         return _h_minmax_binary(m, c)
-    x = c.args[0] if c.args else c.kwargs["input"]
-    tx = m.taint(x)
-    if tx.kind != _L:
-        return _call(c), (tx if tx.kind == _X else m.poison(f"{c.name} of a frozen softmax output"))
+    x, refused = _selection_input(m, c)
+    if refused:
+        return refused
     dim = _arg(c, 1, "dim")
     if m.phase == "record":
         out = _call(c)
@@ -239,10 +249,9 @@ _register(["max", "min"], _h_max)
 
 
 def _h_amax(m, c):
-    x = c.args[0] if c.args else c.kwargs["input"]
-    tx = m.taint(x)
-    if tx.kind != _L:
-        return _call(c), (tx if tx.kind == _X else m.poison(f"{c.name} of a frozen softmax output"))
+    x, refused = _selection_input(m, c)
+    if refused:
+        return refused
     p = _bind(lambda input, dim=(), keepdim=False: None, c)
     dim = p["dim"]
     dims = tuple(range(x.dim())) if dim in ((), None, []) else ((dim,) if isinstance(dim, int) else tuple(dim))
@@ -264,10 +273,9 @@ _register(["amax", "amin"], _h_amax)
 
 
 def _h_topk_sort(m, c):
-    x = c.args[0] if c.args else c.kwargs["input"]
-    tx = m.taint(x)
-    if tx.kind != _L:
-        return _call(c), (tx if tx.kind == _X else m.poison(f"{c.name} of a frozen softmax output"))
+    x, refused = _selection_input(m, c)
+    if refused:
+        return refused
     if c.name == "topk":
         dim = _bind(lambda input, k, dim=-1, largest=True, sorted=True: None, c)["dim"]
     else:
@@ -285,10 +293,9 @@ _register(["topk", "sort"], _h_topk_sort)
 
 
 def _h_maxpool(m, c):
-    x = c.args[0] if c.args else c.kwargs["input"]
-    tx = m.taint(x)
-    if tx.kind != _L:
-        return _call(c), (tx if tx.kind == _X else m.poison(f"{c.name} of a frozen softmax output"))
+    x, refused = _selection_input(m, c)
+    if refused:
+        return refused
     n = c.name.lstrip("_").replace("_with_indices", "")
     d = int(n[-2])
     adaptive = n.startswith("adaptive")

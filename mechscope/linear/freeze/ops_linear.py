@@ -189,20 +189,13 @@ def _h_joint(m, c):
             _zero_base(v)  # in-place into a constant destination: its constant part is a bias
             continue
         zero = torch.zeros_like(v) if isinstance(v, torch.Tensor) else (0 if not isinstance(v, bool) else v)
-        if isinstance(key, int):
-            if i is None:
-                args[key] = zero
-            else:
-                seq = list(args[key])
-                seq[i] = zero
-                args[key] = seq
+        where = args if isinstance(key, int) else kwargs  # a positional slot (list) or a keyword (dict)
+        if i is None:
+            where[key] = zero
         else:
-            if i is None:
-                kwargs[key] = zero
-            else:
-                seq = list(kwargs[key])
-                seq[i] = zero
-                kwargs[key] = seq
+            seq = list(where[key])
+            seq[i] = zero
+            where[key] = seq
     out = c.func(*args, **kwargs)
     return (None if c.name == "__setitem__" else out), taint
 

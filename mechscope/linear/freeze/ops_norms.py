@@ -15,16 +15,21 @@ import torch
 import torch.nn.functional as F
 
 from mechscope.linear.freeze.calls import _bind, _call, _register
-from mechscope.linear.freeze.taints import _C, _L, _X, LINEAR, Taint
+from mechscope.linear.freeze.taints import _C, _L, _X, LINEAR
 
 
 # -- norms: the scale 1/sigma(x0) is frozen
 
 
-def _norm_params_ok(m, c, *params) -> Taint | None:
+def _norm_refusal(m, c, x, *params) -> tuple | None:
+    """``None`` when a norm can be frozen: its input ``x`` is ``LINEAR`` and its weight, bias and
+    statistics ``params`` are constants; else ``(output, taint)`` to return as is."""
+    tx = m.taint(x)
+    if tx.kind != _L:
+        return _call(c), (tx if tx.kind == _X else m.poison(f"{c.name} of a softmax output"))
     for p in params:
         if isinstance(p, torch.Tensor) and m.taint(p).kind != _C:
-            return m.poison(f"{c.name} with input-dependent weight/bias/statistics")
+            return _call(c), m.poison(f"{c.name} with input-dependent weight/bias/statistics")
     return None
 
 
@@ -58,9 +63,8 @@ def _apply_norm(m, c, x, dims, eps, weight, bias, center: bool, shape_wb, mean_d
 def _h_layer_norm(m, c):
     p = _bind(lambda input, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True: None, c)
     x = p["input"]
-    tx = m.taint(x)
-    if tx.kind != _L or (bad := _norm_params_ok(m, c, p["weight"], p["bias"])):
-        return _call(c), (bad if tx.kind == _L else (tx if tx.kind == _X else m.poison("layer_norm of a softmax output")))
+    if refused := _norm_refusal(m, c, x, p["weight"], p["bias"]):
+        return refused
     dims = tuple(range(-len(tuple(p["normalized_shape"])), 0))
     y = _apply_norm(m, c, x, dims, p["eps"], p["weight"], p["bias"], True, None)
     return (_call(c) if y is None else y), LINEAR
@@ -69,9 +73,8 @@ def _h_layer_norm(m, c):
 def _h_rms_norm(m, c):
     p = _bind(lambda input, normalized_shape, weight=None, eps=None: None, c)
     x = p["input"]
-    tx = m.taint(x)
-    if tx.kind != _L or (bad := _norm_params_ok(m, c, p["weight"])):
-        return _call(c), (bad if tx.kind == _L else (tx if tx.kind == _X else m.poison("rms_norm of a softmax output")))
+    if refused := _norm_refusal(m, c, x, p["weight"]):
+        return refused
     eps = p["eps"] if p["eps"] is not None else torch.finfo(x.dtype).eps
     dims = tuple(range(-len(tuple(p["normalized_shape"])), 0))
     y = _apply_norm(m, c, x, dims, eps, p["weight"], None, False, None)
@@ -81,9 +84,8 @@ def _h_rms_norm(m, c):
 def _h_group_norm(m, c):
     p = _bind(lambda input, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True: None, c)
     x = p["input"]
-    tx = m.taint(x)
-    if tx.kind != _L or (bad := _norm_params_ok(m, c, p["weight"], p["bias"])):
-        return _call(c), (bad if tx.kind == _L else (tx if tx.kind == _X else m.poison("group_norm of a softmax output")))
+    if refused := _norm_refusal(m, c, x, p["weight"], p["bias"]):
+        return refused
     n, ch, g = x.shape[0], x.shape[1], p["num_groups"]
     xg = x.reshape(n, g, -1)
     shape_wb = (1, ch) + (1,) * (x.dim() - 2)
@@ -101,9 +103,8 @@ def _h_group_norm(m, c):
 def _stat_norm(m, c, p, stats_dims):
     """batch_norm / instance_norm with F.* argument names in ``p``."""
     x = p["input"]
-    tx = m.taint(x)
-    if tx.kind != _L or (bad := _norm_params_ok(m, c, p["weight"], p["bias"], p["running_mean"], p["running_var"])):
-        return _call(c), (bad if tx.kind == _L else (tx if tx.kind == _X else m.poison(f"{c.name} of a softmax output")))
+    if refused := _norm_refusal(m, c, x, p["weight"], p["bias"], p["running_mean"], p["running_var"]):
+        return refused
     shape_wb = (1, x.shape[1]) + (1,) * (x.dim() - 2)
     use_batch = p["use_stats"]
     if not use_batch:  # running statistics: already affine
@@ -158,9 +159,8 @@ def _h_instance_norm(m, c):
 def _h_normalize(m, c):
     p = _bind(lambda input, p=2.0, dim=1, eps=1e-12, out=None: None, c)
     x = p["input"]
-    tx = m.taint(x)
-    if tx.kind != _L:
-        return _call(c), (tx if tx.kind == _X else m.poison("normalize of a softmax output"))
+    if refused := _norm_refusal(m, c, x):
+        return refused
     if m.phase == "record":
         s = 1.0 / x.detach().norm(p["p"], p["dim"], keepdim=True).clamp_min(p["eps"])
         m.save(c, "norm", (s, None))
