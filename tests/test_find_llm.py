@@ -178,6 +178,15 @@ def test_judge_and_errors():
         LLMJudge(closed).score("a", "b")
 
 
+def test_judge_scores_are_read_as_models_write_them():
+    from mechscope.find.llm import parse_score
+
+    assert parse_score("<think>SCORE: 0.1 maybe?</think>The candidate matches.\n**Score:** 0.9") == 0.9
+    assert parse_score("SCORE: 7/10") == 0.7 and parse_score("score = 85 / 100") == 0.85 and parse_score("SCORE: 3") == 1.0
+    with pytest.raises(FormatError, match="SCORE"):
+        parse_score("<think>SCORE: 0.5</think>I cannot grade this.")
+
+
 def test_config_from_env(monkeypatch, tmp_path):
     monkeypatch.delenv("MECHSCOPE_LLM_BASE_URL", raising=False)
     monkeypatch.setenv("MECHSCOPE_LLM_MODEL", "m")

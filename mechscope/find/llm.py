@@ -103,6 +103,14 @@ class ChatClient:
                               f"found {raw[:200]!r}") from e
 
 
+_THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
+
+
+def visible(reply: str) -> str:
+    """A reply without its reasoning blocks (``<think>...</think>``, as reasoning models write them)."""
+    return _THINK.sub("", reply)
+
+
 class LLMJudge:
     """Scores a candidate description against the reference with a chat model (0..1)."""
 
@@ -115,7 +123,17 @@ class LLMJudge:
 
     def score(self, reference: str, candidate: str) -> float:
         reply = self.client.chat([{"role": "user", "content": self.PROMPT.format(ref=reference, cand=candidate)}])
-        m = re.search(r"SCORE:\s*([0-9]*\.?[0-9]+)", reply)
-        if not m:
-            raise FormatError(f"LLM judge: expected a line 'SCORE: x', found {reply[:200]!r}")
-        return min(1.0, max(0.0, float(m.group(1))))
+        return parse_score(reply)
+
+
+_SCORE = re.compile(r"SCORE\**[ \t]*[:=][ \t]*\**[ \t]*([0-9]*\.?[0-9]+)(?:[ \t]*/[ \t]*(10|100)\b)?", re.I)
+
+
+def parse_score(reply: str) -> float:
+    """The judge's score in [0, 1] from its last ``SCORE: x`` line (markdown, ``x/10`` or ``x/100``
+    and reasoning blocks allowed); a :class:`FormatError` when there is none."""
+    found = _SCORE.findall(visible(reply))
+    if not found:
+        raise FormatError(f"LLM judge: expected a line 'SCORE: x', found {reply[:200]!r}")
+    value, scale = found[-1]
+    return min(1.0, max(0.0, float(value) / (float(scale) if scale else 1.0)))

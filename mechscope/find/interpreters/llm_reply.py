@@ -13,9 +13,9 @@ import ast
 import json
 import re
 
+from mechscope.find.llm import visible
 from mechscope.find.protocol import Interpretation
 
-_THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
 _DECOR = r"[ \t>*_`#-]*"  # markdown around a keyword: bullets, bold, quotes, headings, inline code
 _KEY = r"{decor}\**{key}\**[ \t]*:[ \t]*\**[ \t]*"
 _QUERY = re.compile(r"^" + _KEY.format(decor=_DECOR, key="QUERY"), re.M | re.I)
@@ -25,11 +25,6 @@ _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.S)
 _CODE_LABEL = re.compile(r"^" + _KEY.format(decor=_DECOR, key="CODE"), re.M | re.I)
 _CORR = re.compile(_KEY.format(decor=_DECOR, key="CORRUPTED") + r"(none|no|null|n/?a|[\[(]\s*[-0-9.eE+]+\s*,\s*[-0-9.eE+]+\s*[\])])",
                    re.I)
-
-
-def visible(reply: str) -> str:
-    """The reply without reasoning blocks (``<think>...</think>``)."""
-    return _THINK.sub("", reply)
 
 
 def _balanced_list(text: str, start: int) -> str | None:
