@@ -148,9 +148,11 @@ def test_recursive_dfa_is_exact_at_every_node(norm, attn_only, pos):
     assert d["kind"] == "feature" and d["children"]
 
 
-# GPT-NeoX / Pythia-style parallel blocks; Gemma-2-style RMSNorm after attention and MLP (ln1_post / ln2_post)
+# GPT-NeoX / Pythia-style parallel blocks; Gemma-2-style RMSNorm after attention and MLP (ln1_post / ln2_post);
+# OLMo-2-style norms after each sublayer only (attention reads the raw residual)
 @pytest.mark.parametrize("norm,extra", [("LN", dict(parallel_attn_mlp=True, rotary_dim=4)),
-                                        ("RMS", dict(use_normalization_before_and_after=True, attn_scores_soft_cap=5.0))])
+                                        ("RMS", dict(use_normalization_before_and_after=True, attn_scores_soft_cap=5.0)),
+                                        ("RMS", dict(original_architecture="Olmo2ForCausalLM"))])
 def test_recursive_dfa_is_exact_on_parallel_and_post_norm_blocks(norm, extra):
     model = random_model(norm, True, attn_only=False, seed=6, n_layers=3, pos="rotary", **extra)
     sae = random_zsae(model, layer=2, activation="relu", seed=6)
@@ -160,14 +162,6 @@ def test_recursive_dfa_is_exact_on_parallel_and_post_norm_blocks(norm, extra):
     assert abs(tree.value - float(pre)) < 1e-9
     assert tree.check() < 1e-6  # every source's residual split (earlier heads through ln1_post, b_O, MLPs) sums exactly
     assert any(n.kind == "source" and n.layer == 0 for n in tree.walk()) and any(n.kind == "mlp" for n in tree.walk())
-
-
-def test_recursive_dfa_refuses_post_norm_only_blocks_by_name():
-    """OLMo 2: attention reads the raw residual and ln1 normalizes its output; no exact split is implemented."""
-    model = random_model("RMS", True, attn_only=False, seed=1, pos="rotary", original_architecture="Olmo2ForCausalLM")
-    sae = random_zsae(model, layer=1, seed=1)
-    with pytest.raises(ConfigError, match="Olmo2ForCausalLM"):
-        recursive_dfa(model, sae, tokens(1, 8)[0], feature=0, query=7)
 
 
 def test_recursive_dfa_with_a_residual_sae_splits_exactly():

@@ -29,6 +29,8 @@ PARALLEL = dict(parallel_attn_mlp=True, positional_embedding_type="rotary", rota
 # scores and output logits (the cap small enough to bend these logits), grouped-query attention, rotary
 GEMMA2 = dict(use_normalization_before_and_after=True, attn_scores_soft_cap=5.0, output_logits_soft_cap=2.0, n_key_value_heads=2,
               positional_embedding_type="rotary", gated_mlp=True)
+# OLMo-2-style: no norm before attention or MLP, ln1 / ln2 normalize their outputs (TransformerLens's post-norm architectures)
+OLMO2 = dict(original_architecture="Olmo2ForCausalLM", positional_embedding_type="rotary", gated_mlp=True)
 
 
 def _rel(a: float, b: float, scale: float) -> float:
@@ -52,6 +54,8 @@ def _scale(att) -> float:
     ("LN", "skip_transcoder", "topk", "resid", PARALLEL),
     ("RMS", "transcoder", "relu", "normalized", GEMMA2),
     ("RMS", "skip_transcoder", "topk", "resid", GEMMA2),
+    ("RMS", "transcoder", "relu", "resid", OLMO2),
+    ("RMS", "skip_transcoder", "topk", "resid", OLMO2),
 ])
 @pytest.mark.parametrize("splice", [True, False])
 def test_contributions_sum_exactly_to_logit_and_feature_targets(normalization, kind, activation, hook_in, extra, splice):
@@ -125,11 +129,12 @@ def test_exactness_flag_allows_the_model_dtypes_rounding_only():
     assert not exactness(replace(att, heads={}), model)["exact"]
 
 
-@pytest.mark.parametrize("normalization,extra", [("LN", {}), ("LN", PARALLEL), ("RMS", GEMMA2)])
-def test_input_invariant_connections_match_input_dependent_attribution(normalization, extra):
+@pytest.mark.parametrize("normalization,extra,hook_in", [("LN", {}, "normalized"), ("LN", PARALLEL, "normalized"),
+                                                         ("RMS", GEMMA2, "normalized"), ("RMS", OLMO2, "resid")])
+def test_input_invariant_connections_match_input_dependent_attribution(normalization, extra, hook_in):
     model = tiny_model(normalization=normalization, seed=7, **extra)
     parallel = bool(extra.get("parallel_attn_mlp"))
-    ts = random_transcoders(model, seed=8)
+    ts = random_transcoders(model, seed=8, hook_in=hook_in)
     run = ReplacementRun(model, ts, TOKENS[:1])
     b, p, src = 0, 6, 2
     s2 = float(run.s2[1][b, p])
@@ -177,11 +182,16 @@ def test_norm_free_model_needs_the_raw_residual_input():
     assert rows["blocks.0.hook_resid_mid"].shape == (TOKENS.numel(), 32)
 
 
-def test_post_norm_only_blocks_are_refused_by_name():
-    """OLMo 2 normalizes each sublayer's output with ln1 / ln2 and reads the raw residual: refused, not decomposed wrongly."""
-    model = tiny_model(normalization="RMS", seed=0, original_architecture="Olmo2ForCausalLM")
-    with pytest.raises(TranscoderError, match="Olmo2ForCausalLM"):
-        ReplacementRun(model, random_transcoders(model), TOKENS)
+def test_post_norm_only_blocks_need_raw_residual_transcoders():
+    """OLMo 2's ln2 normalizes the MLP's *output*: a transcoder on ln2.hook_normalized would read the
+    wrong thing, so it is refused (training says to read the raw residual)."""
+    from mechscope.transcoders.train import collect_rows
+
+    model = tiny_model(normalization="RMS", seed=0, **OLMO2)
+    with pytest.raises(TranscoderError, match="reads the raw residual"):
+        ReplacementRun(model, random_transcoders(model, hook_in="normalized"), TOKENS)
+    with pytest.raises(ConfigError, match="hook_in='resid'"):
+        collect_rows(model, [0], TOKENS)
 
 
 def test_errors_name_what_is_wrong():

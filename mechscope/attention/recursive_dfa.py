@@ -12,9 +12,10 @@ into its children's values:
   stream ``x_k`` (input of layer ``l``) dotted with ``d = centre(g * (W_V[h] w) / scale_k) * pattern``,
   split into its components: ``embed``, ``pos_embed``, every earlier layer's heads (each a
   **head** node read along ``W_O[h'] d`` — the recursion), ``b_O`` and MLP outputs (leaves).
-  The residual is the same sum in parallel blocks (GPT-NeoX / Pythia). With Gemma 2's norm after
-  attention (``ln1_post``, scale frozen) earlier heads and ``b_O`` are read along ``w1p ⊙ d / s1p``;
-  ``hook_mlp_out`` already includes ``ln2_post``.
+  The residual is the same sum in parallel blocks (GPT-NeoX / Pythia). With a norm after attention
+  (Gemma 2's ``ln1_post``, OLMo 2's ``ln1``; scale frozen) earlier heads and ``b_O`` are read along
+  ``w ⊙ d / s``; ``hook_mlp_out`` already includes the norm after the MLP. OLMo 2's attention reads
+  the raw residual, so its sources have no ``ln1`` scale or bias.
 * If a residual-stream SAE on ``blocks.l.hook_resid_pre`` is given, a source node also carries an
   alternative exact split of ``x_k . d`` into SAE features, ``b_dec`` and the reconstruction error
   (``Node.alternatives["resid_sae"]``); the recursion follows the component split.
@@ -32,7 +33,7 @@ from torch import Tensor
 
 from mechscope.attention.dfa import bias_terms, encoder_blocks, preactivations, zsae_info
 from mechscope.errors import ConfigError
-from mechscope.models.model import as_model, has_post_norms, post_norm_architectures
+from mechscope.models.model import as_model, sublayer_norms
 
 
 @dataclass
@@ -102,22 +103,19 @@ class _Ctx:
             raise ConfigError(f"unsupported positional embedding {cfg.positional_embedding_type!r}")
         if cfg.normalization_type not in (None, "LN", "LNPre", "RMS", "RMSPre"):
             raise ConfigError(f"unsupported normalization {cfg.normalization_type!r}")
-        if getattr(cfg, "original_architecture", None) in post_norm_architectures():
-            raise ConfigError(f"recursive DFA does not support {cfg.original_architecture}'s post-norm blocks (attention reads the raw "
-                              "residual and ln1 normalizes its output)")
-        self.post_norms = has_post_norms(cfg)
+        self.norms = sublayer_norms(cfg)
         names = ["hook_embed"]
         self.std_pos = cfg.positional_embedding_type == "standard"
         if self.std_pos:
             names.append("hook_pos_embed")
         for l in range(layer + 1):
             names += [f"blocks.{l}.attn.hook_pattern", f"blocks.{l}.attn.hook_v", f"blocks.{l}.attn.hook_z", f"blocks.{l}.hook_resid_pre"]
-            if cfg.normalization_type is not None:
+            if self.norms.attn_in:
                 names.append(f"blocks.{l}.ln1.hook_scale")
             if not cfg.attn_only and l < layer:
                 names.append(f"blocks.{l}.hook_mlp_out")
-            if self.post_norms and l < layer:
-                names.append(f"blocks.{l}.ln1_post.hook_scale")
+            if self.norms.attn_out and l < layer:
+                names.append(f"blocks.{l}.{self.norms.attn_out}.hook_scale")
         names += [h for h in resid_saes if h not in names]
         self.cache = {k: v[0].to(dtype) for k, v in run_with_cache(model, tokens, names).items()}
         self.tokens = tokens[0]
@@ -150,16 +148,17 @@ class _Ctx:
 
     def attention_read(self, l: int, k: int, d: Tensor) -> Tensor:
         """The direction along which layer ``l``'s summed attention output (before any post-norm)
-        is read at position ``k`` when the residual is read along ``d``: ``w1p ⊙ d / s1p`` with
-        Gemma 2's ``ln1_post`` (scale frozen), ``d`` otherwise."""
-        if not self.post_norms:
+        is read at position ``k`` when the residual is read along ``d``: ``w ⊙ d / s`` through the norm
+        after attention (Gemma 2's ``ln1_post``, OLMo 2's ``ln1``; scale frozen), ``d`` without one."""
+        post = self.norms.attn_out
+        if post is None:
             return d
-        return d * self.p(self.m.blocks[l].ln1_post.w) / self.cache[f"blocks.{l}.ln1_post.hook_scale"][k].reshape(())
+        return d * self.p(getattr(self.m.blocks[l], post).w) / self.cache[f"blocks.{l}.{post}.hook_scale"][k].reshape(())
 
     def ln(self, l: int, k: int) -> tuple[Tensor | None, Tensor | None, Tensor | None, bool]:
         """``(gain, bias, scale, centre)`` of layer ``l``'s attention-input norm at position ``k``."""
         nt = self.cfg.normalization_type
-        if nt is None:
+        if self.norms.attn_in is None:  # attention reads the raw residual
             return None, None, None, False
         ln = self.m.blocks[l].ln1
         scale = self.cache[f"blocks.{l}.ln1.hook_scale"][k].reshape(())

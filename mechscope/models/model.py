@@ -111,10 +111,30 @@ def post_norm_architectures() -> set[str]:
     return set(getattr(arch, "POST_NORM_ARCHITECTURES", ()))
 
 
-def has_post_norms(cfg) -> bool:
-    """Gemma 2 style blocks (``use_normalization_before_and_after``): an RMSNorm after attention
-    (``ln1_post``) and after the MLP (``ln2_post``), before each adds to the residual stream."""
-    return bool(getattr(cfg, "use_normalization_before_and_after", False)) and getattr(cfg, "normalization_type", None) is not None
+@dataclass(frozen=True)
+class SublayerNorms:
+    """TransformerLens module names of the norms around a block's attention and MLP (``None``: no
+    such norm). ``attn_in`` / ``mlp_in`` normalize what the sublayer reads; ``attn_out`` /
+    ``mlp_out`` normalize what it writes, before the residual add (their hooks sit inside
+    ``hook_attn_out`` / ``hook_mlp_out``)."""
+
+    attn_in: str | None
+    attn_out: str | None
+    mlp_in: str | None
+    mlp_out: str | None
+
+
+def sublayer_norms(cfg) -> SublayerNorms:
+    """GPT-2 / Llama: ``ln1`` / ``ln2`` before each sublayer. Gemma 2
+    (``use_normalization_before_and_after``): also ``ln1_post`` / ``ln2_post`` after. OLMo 2 / 3
+    (:func:`post_norm_architectures`): no norm before, ``ln1`` / ``ln2`` after. No norm: none."""
+    if getattr(cfg, "normalization_type", None) is None:
+        return SublayerNorms(None, None, None, None)
+    if getattr(cfg, "original_architecture", None) in post_norm_architectures():
+        return SublayerNorms(None, "ln1", None, "ln2")
+    if getattr(cfg, "use_normalization_before_and_after", False):
+        return SublayerNorms("ln1", "ln1_post", "ln2", "ln2_post")
+    return SublayerNorms("ln1", None, "ln2", None)
 
 
 def context_window(model: Model) -> int | None:

@@ -307,7 +307,7 @@ def child_target(run: ReplacementRun, parent: Target, node: Node) -> Target:
         l, h, k = node.layer, node.index, node.src
         u = run.w("W_V", l)[h] @ (run.w("W_O", l)[h] @ run.attention_read(l, d, b, node.pos)) * run.w("ln1_w", l)  # [dm]
         a = float(run.pattern[l][b, h, node.pos, k])
-        direction = a * read_direction(u, cfg, run.s1[l][b, k])
+        direction = a * run.source_read(u, l, b, k)
         return Target(b, 2 * l, k, direction, 0.0, node)
     if node.kind == "skip":
         l = node.layer

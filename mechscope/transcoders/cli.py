@@ -218,8 +218,6 @@ def _train(args) -> int:
 
 
 def _attribute(args) -> int:
-    import torch
-
     from mechscope.cli import emit
     from mechscope.errors import ConfigError
     from mechscope.transcoders.attribution import attribute, feature_target, logit_target, task_direction, token_direction

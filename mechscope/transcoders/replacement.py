@@ -39,7 +39,7 @@ from torch import Tensor
 
 from mechscope.dictionaries import Dictionary
 from mechscope.errors import ConfigError
-from mechscope.models.model import Model, as_model, has_post_norms, post_norm_architectures
+from mechscope.models.model import Model, as_model, sublayer_norms
 
 _IN_RE = re.compile(r"^blocks\.(\d+)\.(ln2\.hook_normalized|hook_resid_mid|hook_mlp_in)$")
 _OUT_RE = re.compile(r"^blocks\.(\d+)\.hook_mlp_out$")
@@ -143,8 +143,9 @@ class TranscoderSet:
                 raise TranscoderError(f"transcoder {d.cfg.name!r} is for layer {layer}; the model has {cfg.n_layers} layers")
             if d.cfg.d_in != cfg.d_model or d.cfg.d_out != cfg.d_model:
                 raise TranscoderError(f"transcoder {d.cfg.name!r} maps {d.cfg.d_in} -> {d.cfg.d_out}; the model's d_model is {cfg.d_model}")
-            if d.cfg.hook_in.endswith("ln2.hook_normalized") and cfg.normalization_type is None:
-                raise TranscoderError(f"transcoder {d.cfg.name!r} reads ln2.hook_normalized but the model has no LayerNorm")
+            if d.cfg.hook_in.endswith("ln2.hook_normalized") and sublayer_norms(cfg).mlp_in is None:
+                raise TranscoderError(f"transcoder {d.cfg.name!r} reads ln2.hook_normalized, but this model's MLP reads the raw "
+                                      "residual (no norm before it); expected a transcoder on blocks.L.hook_resid_mid")
 
     def __repr__(self) -> str:
         return f"TranscoderSet(layers={self.layers}, " + ", ".join(f"{l}: {d.n_latents} latents ({d.cfg.activation})" for l, d in self.transcoders.items()) + ")"
@@ -179,9 +180,6 @@ def check_model(model) -> object:
     if cfg.attn_only:
         raise TranscoderError("the model is attention-only; transcoders stand in for MLPs")
     problems = []
-    if getattr(cfg, "original_architecture", None) in post_norm_architectures():
-        problems.append(f"{cfg.original_architecture}'s post-norm blocks (attention and MLP read the raw residual; ln1 / ln2 "
-                        "normalize their outputs)")
     if cfg.normalization_type not in (None, "LN", "LNPre", "RMS", "RMSPre"):
         problems.append(f"normalization {cfg.normalization_type!r}")
     if problems:
@@ -242,8 +240,8 @@ class ReplacementRun:
     * ``mlp_out[l] [b, p, d_model]``: what each MLP (or its transcoder) wrote to the residual;
     * ``resid[stage] [b, p, d_model]``: the residual stream at each stage (module docstring);
     * ``lnf_scale [b, p, 1]``: ``ln_final``'s frozen scale;
-    * post-norm models (:func:`has_post_norms`): ``s1_post[l] [b, p, 1]``, ``ln1_post``'s frozen scale
-      (ones otherwise).
+    * a norm after attention (:func:`~mechscope.models.model.sublayer_norms`: Gemma 2's ``ln1_post``,
+      OLMo 2's ``ln1``): ``s1_post[l] [b, p, 1]``, its frozen scale (ones otherwise).
     """
 
     def __init__(self, model, transcoders: TranscoderSet, tokens: Tensor, *, splice: bool = True):
@@ -263,7 +261,7 @@ class ReplacementRun:
         self.has_norm = cfg.normalization_type is not None
         self.has_pos = cfg.positional_embedding_type == "standard"
         self.parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
-        self.post_norms = has_post_norms(cfg)
+        self.norms = sublayer_norms(cfg)
         cache: dict[str, Tensor] = {}
 
         def keep(name):
@@ -279,11 +277,12 @@ class ReplacementRun:
             hooks += [(f"blocks.{l}.hook_resid_pre", keep(f"resid_pre{l}")), (f"blocks.{l}.attn.hook_pattern", keep(f"pattern{l}"))]
             if not self.parallel:
                 hooks.append((f"blocks.{l}.hook_resid_mid", keep(f"resid_mid{l}")))
-            if self.has_norm:
-                hooks += [(f"blocks.{l}.ln1.hook_normalized", keep(f"ln1{l}")), (f"blocks.{l}.ln1.hook_scale", keep(f"s1{l}")),
-                          (f"blocks.{l}.ln2.hook_scale", keep(f"s2{l}"))]
-            if self.post_norms:
-                hooks.append((f"blocks.{l}.ln1_post.hook_scale", keep(f"s1_post{l}")))
+            if self.norms.attn_in:
+                hooks += [(f"blocks.{l}.ln1.hook_normalized", keep(f"ln1{l}")), (f"blocks.{l}.ln1.hook_scale", keep(f"s1{l}"))]
+            if self.norms.mlp_in:
+                hooks.append((f"blocks.{l}.ln2.hook_scale", keep(f"s2{l}")))
+            if self.norms.attn_out:
+                hooks.append((f"blocks.{l}.{self.norms.attn_out}.hook_scale", keep(f"s1_post{l}")))
             if l in transcoders:
                 d = transcoders[l]
 
@@ -323,7 +322,7 @@ class ReplacementRun:
         self.resid[2 * n_layers] = f64(cache["resid_final"])
         ones = torch.ones(B, P, 1, dtype=torch.float64)
         self.pattern = {l: f64(cache[f"pattern{l}"]) for l in range(n_layers)}
-        self.ln1 = {l: f64(cache[f"ln1{l}"]) if self.has_norm else self.resid[2 * l] for l in range(n_layers)}
+        self.ln1 = {l: f64(cache[f"ln1{l}"]) if self.norms.attn_in else self.resid[2 * l] for l in range(n_layers)}
         self.s1 = {l: _scale(cache.get(f"s1{l}"), ones) for l in range(n_layers)}
         self.s2_ln = {l: _scale(cache.get(f"s2{l}"), ones) for l in range(n_layers)}
         self.s1_post = {l: _scale(cache.get(f"s1_post{l}"), ones) for l in range(n_layers)}
@@ -372,10 +371,17 @@ class ReplacementRun:
     def attention_read(self, layer: int, d: Tensor, batch: int, pos: int) -> Tensor:
         """The direction along which layer ``layer``'s summed attention output (heads and ``b_O``,
         before any post-norm) is read when the residual at ``(batch, pos)`` is read along ``d``:
-        ``w1p ⊙ d / s1p`` in post-norm models (``ln1_post``'s scale frozen), ``d`` otherwise."""
-        if not self.post_norms:
+        ``w1p ⊙ d / s1p`` when a norm follows attention (Gemma 2's ``ln1_post``, OLMo 2's ``ln1``; its
+        scale frozen), ``d`` otherwise."""
+        if self.norms.attn_out is None:
             return d
         return d * self.w("ln1_post_w", layer) / self.s1_post[layer][batch, pos]
+
+    def source_read(self, u: Tensor, layer: int, batch: int, pos: int) -> Tensor:
+        """The residual-stream direction at ``(batch, pos)`` whose dot product with the residual is
+        ``u`` read through layer ``layer``'s attention-input norm (scale frozen): ``C(u) / s1``, or
+        ``u`` when attention reads the raw residual (no norm, or OLMo 2's post-norm-only blocks)."""
+        return read_direction(u, self.cfg, self.s1[layer][batch, pos]) if self.norms.attn_in else u
 
     def raw_logits(self, batch: int, pos: int) -> Tensor:
         """``[vocab]`` float64: the logits before the output soft-cap, recomputed from the final residual."""
@@ -413,12 +419,14 @@ def _weight(module, cfg, name: str, layer: int | None) -> Tensor:
         return f(module.blocks[layer].attn.b_O)
     if name in ("W_E", "W_U", "b_U", "W_pos"):
         return f(getattr(module, name))
+    if name in ("ln1_w", "ln1_b") and sublayer_norms(cfg).attn_in is None:  # attention reads the raw residual
+        return torch.ones(cfg.d_model, dtype=torch.float64) if name == "ln1_w" else torch.zeros(cfg.d_model, dtype=torch.float64)
     if name in ("ln1_w", "ln1_b"):
         ln = module.blocks[layer].ln1
         v = ln_weight(ln, cfg) if name == "ln1_w" else ln_bias(ln, cfg)
         return v if v is not None else (torch.ones(cfg.d_model, dtype=torch.float64) if name == "ln1_w" else torch.zeros(cfg.d_model, dtype=torch.float64))
-    if name == "ln1_post_w":
-        return f(module.blocks[layer].ln1_post.w)
+    if name == "ln1_post_w":  # the norm after attention (ln1_post in Gemma 2, ln1 in OLMo 2)
+        return f(getattr(module.blocks[layer], sublayer_norms(cfg).attn_out).w)
     if name in ("lnf_w", "lnf_b"):
         ln = getattr(module, "ln_final", None)
         v = None if ln is None else (ln_weight(ln, cfg) if name == "lnf_w" else ln_bias(ln, cfg))

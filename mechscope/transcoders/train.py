@@ -21,7 +21,7 @@ from mechscope.dictionaries import Dictionary, DictionaryConfig, TensorSource, T
 from mechscope.errors import ConfigError
 from mechscope.files import write_json
 from mechscope.models import run_with_cache
-from mechscope.models.model import as_model
+from mechscope.models.model import as_model, sublayer_norms
 from mechscope.transcoders.replacement import TranscoderSet, check_model
 
 HOOK_IN = {"normalized": "blocks.{l}.ln2.hook_normalized", "resid": "blocks.{l}.hook_resid_mid"}
@@ -44,9 +44,10 @@ def _parallel(model) -> bool:
 def collect_rows(model, layers: Sequence[int], tokens: torch.Tensor, hook_in: str = "normalized", batch_size: int = 64) -> dict[str, torch.Tensor]:
     """``{hook: [rows, d_model]}`` for every position of ``tokens [n, pos]`` (row-aligned across hooks)."""
     cfg = getattr(as_model(model).module, "cfg", None)
-    if hook_in == "normalized" and cfg is not None and cfg.normalization_type is None:
-        raise ConfigError("the model has no LayerNorm before its MLPs, so there is no ln2.hook_normalized to read; "
-                          "train on the raw residual instead: hook_in='resid' (CLI: --hook-in resid)")
+    if hook_in == "normalized" and cfg is not None and sublayer_norms(cfg).mlp_in is None:
+        raise ConfigError("the model has no norm before its MLPs (no norm at all, or OLMo 2's norms after each sublayer), so "
+                          "ln2.hook_normalized is not the MLP's input; train on the raw residual instead: hook_in='resid' "
+                          "(CLI: --hook-in resid)")
     names = [h for l in layers for h in hooks_for(l, hook_in, _parallel(model))]
     parts: dict[str, list[torch.Tensor]] = {h: [] for h in names}
     for s in range(0, tokens.shape[0], batch_size):
