@@ -3,8 +3,9 @@ and MLP (GPT-NeoX / Pythia, rotary), grouped-query attention with RMSNorm and a 
 (Llama-style), attention-only with shortformer positions, and no norm at all. Each is a random
 TransformerLens model built from a config. For each: the sources add up to the residual stream,
 patching no edge gives the clean logits and patching every edge the corrupted ones (so every
-receiver hook sees exactly what the graph says it reads), and every method runs. Models whose heads'
-writes do not add up (a norm on the summed attention output) are refused with a clear error.
+receiver hook sees exactly what the graph says it reads), and every method runs. On models whose heads'
+writes do not add up (a norm on the summed attention output) the node methods run and the edge methods
+refuse with a clear error.
 """
 
 from __future__ import annotations
@@ -109,8 +110,30 @@ def test_every_method_runs_on_other_architectures(arch, tokenizer, task, one_thr
         assert Graph.of_circuit(circuit) == graph
 
 
-def test_norm_after_the_summed_heads_is_refused(tokenizer):
-    """Gemma 2 normalises the attention output before adding it: no head writes z @ W_O."""
-    model = _model(tokenizer, "gemma2_like", normalization_type="RMS", use_normalization_before_and_after=True)
-    with pytest.raises(CircuitError, match="use_normalization_before_and_after"):
+@pytest.mark.parametrize("extra", [dict(normalization_type="RMS", use_normalization_before_and_after=True),  # Gemma 2
+                                   dict(normalization_type="RMS", original_architecture="Olmo2ForCausalLM")])  # OLMo 2
+def test_norm_after_attention_runs_node_methods_and_refuses_edge_methods(extra, tokenizer, task, one_thread):
+    """A norm on the summed attention output (Gemma 2's ln1_post, OLMo 2's post-norm): no head writes
+    z @ W_O, so edges are undefined and edge methods refuse, naming the node methods that do run."""
+    model = _model(tokenizer, "post_norm", **extra)
+    with pytest.raises(CircuitError, match="node methods \\(ablation_zero"):
         Graph.of(model)
+    graph = Graph.of(model, for_edges=False)
+    for method in ("eap", "eap_ig", "acdc"):
+        with pytest.raises(CircuitError, match="edges between components are not defined"):
+            find_circuit(model, task, method)
+    for method in ("ablation_zero", "ablation_mean", "ablation_resample", "patching"):
+        circuit = find_circuit(model, task, method)
+        assert set(circuit.node_scores) == set(graph.nodes) and Graph.of_circuit(circuit) == graph, method
+        assert any(abs(v) > 0 for v in circuit.node_scores.values()), method
+    # a node's patching effect is the metric moved by patching its hook in the real forward (through the norm)
+    hook, head = "blocks.1.attn.hook_z", 2
+    corrupt = run_with_cache(model, task.corrupted, [hook])[hook]
+
+    def patch(z, hook):
+        z[:, :, head] = corrupt[:, :, head]
+        return z
+
+    clean = float(task.metric(answer_logits(model, task.clean, task.answer_pos)))
+    patched = float(task.metric(answer_logits(model, task.clean, task.answer_pos, [(hook, patch)])))
+    assert abs(find_circuit(model, task, "patching").node_scores["1.2"] - abs(clean - patched)) < 1e-6

@@ -93,8 +93,8 @@ def test_paths_on_a_post_norm_model_become_a_named_circuit():
     contributions = {n.name: v for n, v in attribute(run, target).entries()}
     assert paths and all(abs(contributions[p.nodes[0].name] - p.values[0]) < 1e-9 for p in paths)
     circuit = paths_to_circuit(PathSearchResult([paths], [paths[0].root_value], {"n": 1}), model, "post-norm")
-    with pytest.raises(CircuitError, match="use_normalization_before_and_after"):
+    with pytest.raises(CircuitError, match="edges between components are not defined"):
         Graph.of(model)
-    graph = Graph.of(model, patching=False)
+    graph = Graph.of(model, for_edges=False)
     assert Graph.of_circuit(circuit) == graph and set(circuit.node_scores) == set(graph.nodes)
     assert circuit.nodes and set(circuit.nodes) <= set(graph.nodes)

@@ -72,7 +72,7 @@ def replace_hook(value: torch.Tensor, head: int | None):
 @torch.no_grad()
 def node_effects(model: Model, task: Task, replacement, metric: str | None = None, graph: Graph | None = None) -> dict[str, float]:
     """``{node: m(clean) - m(node replaced)}``; ``replacement(node, hook, head)`` gives the value."""
-    graph = graph or Graph.of(model)
+    graph = graph or Graph.of(model, for_edges=False)
     base = float(task.metric(answer_logits(model, task.clean, task.answer_pos), metric))
     out = {}
     for node in graph.nodes:
@@ -94,7 +94,7 @@ def find_ablation(model: Model, task: Task, ablation: str = "mean", reference: s
     model = as_model(model)
     check_task(model, task)
     t0 = time.perf_counter()
-    graph = Graph.of(model)
+    graph = Graph.of(model, for_edges=False)
     ref_tokens = task.corrupted if reference == "corrupted" else task.clean
     effects: dict[str, float] = {}
     if ablation == "zero":

@@ -172,7 +172,7 @@ def _find(args) -> int:
         truth = _ground_truth(args.ground_truth)
     circuit = find_circuit(model, task, args.method, **_params(args.param))
     circuit.metadata["task_spec"] = {"name": task.name, "variant": task.variant, "n": len(task), "seed": args.seed, "split": args.split}
-    scores = score_circuit(circuit, truth, Graph.of(model)) if truth is not None else None
+    scores = score_circuit(circuit, truth, Graph.of(model, for_edges=False)) if truth is not None else None
     if args.out:
         circuit.save(args.out)
     result = _summary(circuit, scores)

@@ -115,7 +115,7 @@ def compare(models: list[str] | None = None, methods: list[str] | None = None, n
         model = None  # loaded once per spec, whatever the number of its tasks
         for task_name in task_names:
             model, task, truth = load_task_and_truth(spec, task_name, n=n, seed=seed, split=split, model=model)
-            graph = Graph.of(model)
+            graph = Graph.of(model, for_edges=False)  # scoring names nodes and edges only
             info[f"{spec}/{task.name}"] = {"n_prompts": len(task), "split": split, "seed": seed, "variant": task.variant,
                                            "metric": task.default_metric, "ground_truth_nodes": truth.nodes,
                                            "ground_truth_edges": len(truth.edges or []), "graph": repr(graph)}

@@ -113,7 +113,7 @@ def _average(src: torch.Tensor, task: Task, averaging: str) -> torch.Tensor:
 def head_vectors(model: Model, task: Task, averaging: str = "mean", max_prompts: int | None = None, graph: Graph | None = None) -> HeadVectors:
     """Positives (clean prompts the model gets right) and their corrupted twins, as
     position-averaged component outputs."""
-    graph = graph or Graph.of(model)
+    graph = graph or Graph.of(model, for_edges=False)
     logits = answer_logits(model, task.clean, task.answer_pos)
     correct = task.metric(logits, "accuracy", per_prompt=True).bool().cpu()
     idx = correct.nonzero().flatten()
@@ -282,7 +282,7 @@ def find_discrete_codes(model: Model, task: Task, cfg: CodeConfig | None = None,
     model = as_model(model)
     check_task(model, task)
     t0 = time.perf_counter()
-    graph = Graph.of(model)
+    graph = Graph.of(model, for_edges=False)
     vectors = head_vectors(model, task, cfg.averaging, cfg.max_prompts, graph)
     nodes, edges, facts = scores_from_vectors(vectors, cfg, graph)
     return Circuit(model=model.name, task=task.name, method="discrete_codes", node_scores=nodes, edge_scores=edges,
@@ -318,7 +318,7 @@ def robustness(model: Model, task: Task, ground_truth, grid: dict | None = None,
     check_task(model, task)
     base = base or CodeConfig()
     grid = grid or ROBUSTNESS_GRID
-    graph = Graph.of(model)
+    graph = Graph.of(model, for_edges=False)
     cache: dict[str, HeadVectors] = {}
     report: dict = {"base": dataclasses.asdict(base), "parameters": {}}
     for param, values in grid.items():

@@ -27,7 +27,7 @@ value input can be patched without touching the other heads of its group.
 
 Models whose heads' writes do not add up to the residual stream — a norm applied to the summed
 attention output (Gemma 2's ``use_normalization_before_and_after``, OLMo 2's post-norm) — have no
-such graph and are refused.
+edges in this sense: edge methods refuse them, node methods use ``Graph.of(model, for_edges=False)``.
 
 **Nodes** scored against a ground truth: the heads and MLPs (``embed`` and ``logits`` are always
 in a circuit).
@@ -42,7 +42,7 @@ import torch
 
 from mechscope.circuits.circuit import edge_key
 from mechscope.circuits.errors import CircuitError
-from mechscope.models.model import post_norm_architectures
+from mechscope.models.model import sublayer_norms
 
 CHANNELS = ("q", "k", "v")
 
@@ -57,12 +57,13 @@ class Graph:
     parallel_attn_mlp: bool = False
 
     @classmethod
-    def of(cls, model, patching: bool = True) -> "Graph":
+    def of(cls, model, for_edges: bool = True) -> "Graph":
         """The graph of a mechscope ``Model`` (or bare ``HookedTransformer``).
 
-        ``patching=False``: only the names of nodes and edges are needed (to name and score a
-        circuit found another way, e.g. by exact transcoder attribution), so models whose heads'
-        writes are not additive (post-norms) are accepted."""
+        ``for_edges=False``: only the names of nodes and edges are needed — node methods (ablation,
+        activation patching, discrete codes), scoring, circuits found by exact attribution — so
+        models whose heads' writes do not add up to the residual (a norm after attention) are
+        accepted; edge methods (EAP, EAP-IG, ACDC) need ``for_edges=True``."""
         module = getattr(model, "module", model)
         cfg = getattr(module, "cfg", None)
         if cfg is None or not hasattr(cfg, "n_heads"):
@@ -71,13 +72,12 @@ class Graph:
             from mechscope.models.model import require_hooked_transformer
 
             require_hooked_transformer(model, "the circuit graph", CircuitError)
-        if patching and getattr(cfg, "use_normalization_before_and_after", False):
-            raise CircuitError("this model normalises the summed attention and MLP outputs before adding them to the residual stream "
-                               "(use_normalization_before_and_after, as in Gemma 2): a head's write is not z @ W_O, so the circuit graph "
-                               "does not apply")
-        if patching and getattr(cfg, "original_architecture", None) in post_norm_architectures():
-            raise CircuitError(f"{cfg.original_architecture} is a post-norm architecture (a norm on the summed attention output): "
-                               "a head's write is not z @ W_O, so the circuit graph does not apply")
+        norms = sublayer_norms(cfg)
+        if for_edges and (norms.attn_out or norms.mlp_out):
+            raise CircuitError(f"this model normalises each attention and MLP output before adding it to the residual stream "
+                               f"({norms.attn_out} / {norms.mlp_out}, as in Gemma 2 and OLMo 2): a head's write is not z @ W_O, so edges "
+                               "between components are not defined; the node methods (ablation_zero, ablation_mean, ablation_resample, "
+                               "patching, discrete_codes) run on it")
         attn_only = bool(cfg.attn_only)
         return cls(int(cfg.n_layers), int(cfg.n_heads), not attn_only, bool(getattr(cfg, "parallel_attn_mlp", False)) and not attn_only)
 

@@ -75,6 +75,6 @@ def find_circuit(model, task, method: str, **params) -> Circuit:
     circuit = fn(model, task, **fixed, **params)
     from mechscope.circuits.graph import Graph
 
-    g = Graph.of(model)
+    g = Graph.of(model, for_edges=False)  # recorded for scoring: names only
     circuit.metadata.setdefault("graph", g.to_dict())
     return circuit

@@ -21,7 +21,7 @@ def find_patching(model: Model, task: Task, metric: str | None = None) -> Circui
     model = as_model(model)
     check_task(model, task)
     t0 = time.perf_counter()
-    graph = Graph.of(model)
+    graph = Graph.of(model, for_edges=False)
     corrupt = component_cache(model, task.corrupted, graph)
     effects = node_effects(model, task, lambda node, hook, head: corrupt[hook] if head is None else corrupt[hook][:, :, head], metric, graph)
     scores = {n: abs(v) for n, v in effects.items()}

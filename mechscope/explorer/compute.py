@@ -287,7 +287,7 @@ def circuit_graph_info(circuit, model=None):
         pass  # no graph recorded: fall back to the served model when it is the circuit's model
     if model is not None and circuit.model in (model.name, model.meta.get("spec")):
         try:
-            return Graph.of(model)
+            return Graph.of(model, for_edges=False)  # names and layout only
         except CircuitError:
             return None
     return None

@@ -292,7 +292,7 @@ def _paths(args) -> int:
            "top_features": dict(list(circuit.metadata["feature_scores"].items())[:15]),
            "example_paths": [str(p) for p in result.paths[0][:5]]}
     if truth is not None:
-        score = score_circuit(circuit, truth, Graph.of(model))
+        score = score_circuit(circuit, truth, Graph.of(model, for_edges=False))
         out["ground_truth"] = {"nodes": truth.nodes, "source": truth.source}
         out["score"] = score
     if args.out:

@@ -212,7 +212,7 @@ def paths_to_circuit(result: PathSearchResult, model, task_name: str = "", *, se
     from mechscope.models.model import as_model
 
     model = as_model(model)
-    graph = Graph.of(model, patching=False)  # names only: attribution, not patching, found these paths
+    graph = Graph.of(model, for_edges=False)  # names only: attribution, not patching, found these paths
     n = max(1, len(result.paths))
     node_scores = {c: 0.0 for c in graph.nodes}
     edge_scores: dict[str, float] = {}
