@@ -140,6 +140,31 @@ def test_string_search_conditionals_per_word_keyed_and_three_steps(fn, domain, w
     assert words.lower() in rec["interpretation"]["description"].lower()
 
 
+def _vigenere(s: str, key: list[int]) -> str:
+    """Shift the i-th letter by key[i % len(key)] (letters only advance the key)."""
+    out, i = [], 0
+    for c in s:
+        if c.isascii() and c.isalpha():
+            out.append(_caesar(c, key[i % len(key)]))
+            i += 1
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+@pytest.mark.parametrize("fn, domain, words", [
+    (lambda s: _vigenere(s[::-1].upper(), [3, 1, 4]), "mixed", "vigenère cipher: shift letters cyclically by [3, 1, 4]"),
+    # the prefix is enciphered too, so it is constant in the outputs and the key continues after it
+    (lambda s: _vigenere("ok" + s[0::2], [5, 20, 2]), "mixed", "vigenère cipher: shift letters cyclically by [2, 5, 20]; then prepend"),
+])
+def test_string_search_vigenere_after_other_ops(fn, domain, words):
+    """A periodic shift learned after one or two fixed ops (the key read position by position off the
+    intermediate string), before a constant affix; the free character map fitted the probes by chance."""
+    rec = evaluate(fn, StringSearchInterpreter(), "string", domain)
+    assert rec["exact"] == 1.0, rec["interpretation"]["description"]
+    assert words in rec["interpretation"]["description"].lower()
+
+
 def test_neuron_interpreter_conjunction_of_concept_and_feature():
     """A unit firing on short body-part words only (concept AND length <= 4): the additive model
     could only say "body parts"."""

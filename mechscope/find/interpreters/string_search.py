@@ -89,6 +89,36 @@ def _learn_shifts(data) -> list[Step]:
     return []
 
 
+def _letter_shifts(v: Any, o: Any) -> list[tuple[int, int]] | None:
+    """``[(position, shift)]`` for the letters of ``v`` if ``o`` is ``v`` with each letter shifted
+    (case kept, other characters unchanged), else ``None``."""
+    if not isinstance(v, str) or not isinstance(o, str) or len(v) != len(o):
+        return None
+    out = []
+    for i, (a, b) in enumerate(zip(v, o)):
+        if a.isascii() and a.isalpha():
+            if not (b.isascii() and b.isalpha() and a.islower() == b.islower()):
+                return None
+            out.append((i, (ord(b.lower()) - ord(a.lower())) % 26))
+        elif a != b:
+            return None
+    return out
+
+
+def _periodic_key(pairs: list[tuple[str, str]], max_period: int = 8) -> tuple[list[int], bool] | None:
+    """The shortest key (period 2..``max_period``) of a Vigenère shift taking every ``v`` to its
+    ``o``, counting letters only or every character, as ``(key, letters_only)``; ``None`` if none
+    fits (period 1, a Caesar shift, is a character map and is found as one)."""
+    shifts = [_letter_shifts(v, o) for v, o in pairs]
+    for period in range(2, max_period + 1):
+        for letters_only in (True, False):
+            key: dict[int, int] = {}
+            if all(key.setdefault((j if letters_only else i) % period, k) == k for seq in shifts for j, (i, k) in enumerate(seq)):
+                if len(key) == period and len(set(key.values())) > 1:
+                    return [key[j] for j in range(period)], letters_only
+    return None
+
+
 def _aligned_map(g: Op, data) -> dict | None:
     """A character map ``M`` with ``o == ''.join(M[c] for c in g(p))`` position by position, if one exists."""
     try:
@@ -276,64 +306,77 @@ def _concat(data) -> Program | None:
 
 def _depth2(data, deadline) -> Program | None:
     """Two fixed ops (pruned by output signature on the probes)."""
-    return _two_ops(data, deadline, [None])
+    return _two_ops(data, deadline, [(None, None)])
 
 
 def _depth3(data, deadline) -> Program | None:
-    """Two fixed ops and a learned last step: a constant affix read off the outputs, a truncation
-    to the longest output's length, or a position-wise character map."""
+    """Two fixed ops (or one) and a learned last step: a constant affix read off the outputs, a
+    truncation to the longest output's length, a Vigenère shift, a position-wise character map, or
+    a shift / map followed by a constant affix (the affix itself may have been shifted: it is read
+    off the outputs, so it is constant)."""
     outs = [o for _, o in data]
     if not all(isinstance(o, str) for o in outs):
         return None
     k = max(len(o) for o in outs)
     cut = [Op(f"take{k}", f"return s[:{k}]", f"keep the first {k} characters"),
            Op(f"take_last{k}", f"return s[-{k}:]", f"keep the last {k} characters")] if k else []
-    return _two_ops(data, deadline, _affixes(data) + cut + ["map"])
+    affixes = _affixes(data)
+    # a periodic shift (period >= 2) is tried before a free character map, which has more room to fit the probes by chance
+    lasts = [(a, None) for a in affixes] + [(None, c) for c in cut] + [(None, "shifts"), (None, "map")]
+    lasts += [(a, learned) for learned in ("shifts", "map") for a in affixes]
+    return _two_ops(data, deadline, lasts)
 
 
 def _two_ops(data, deadline, lasts: list) -> Program | None:
-    """``op2(op1(s))`` then each of ``lasts`` (``None``: nothing; ``(pre, suf)``: an affix; an
-    :class:`Op`; ``"map"``: a learned character map); each pair is abandoned at the first probe
-    it cannot explain."""
+    """``op2(op1(s))``, then a final step, then an affix, for each ``(affix, final)`` of ``lasts``
+    (``affix``: ``(pre, suf)`` or ``None``; ``final``: ``None``, an :class:`Op`, ``"map"`` — a
+    learned character map — or ``"shifts"`` — a learned periodic letter shift; with a learned final
+    step ``op2`` may also be the identity); each pair is abandoned at the first probe it cannot explain."""
     firsts = [(op, outs) for outs, op in _distinct_outputs(OPS, [p for p, _ in data]).items()]
     outs = [o for _, o in data]
-    for last in lasts:
-        target = outs if not isinstance(last, tuple) else [o[len(last[0]):len(o) - len(last[1])] for o in outs]
+    for affix, final in lasts:
+        target = outs if affix is None else [o[len(affix[0]):len(o) - len(affix[1])] for o in outs]
+        seconds = [IDENTITY] + OPS if final in ("map", "shifts") else OPS
         for op1, outs1 in firsts:
             if time.time() > deadline:
                 return None
-            for op2 in OPS:
-                prog = _explains(op1, op2, outs1, target, last)
+            for op2 in seconds:
+                prog = _explains(op1, op2, outs1, target, final)
                 if prog is not None:
-                    return prog
+                    return prog if affix is None else Program(prog.steps + [Step("affix", pre=affix[0], suf=affix[1])])
     return None
 
 
-def _explains(op1: Op, op2: Op, outs1, target, last) -> Program | None:
-    """``op2`` after ``op1`` (whose outputs are ``outs1``), then ``last``, if that gives every target."""
+def _explains(op1: Op, op2: Op, outs1, target, final) -> Program | None:
+    """``op2`` after ``op1`` (whose outputs are ``outs1``), then ``final`` (see :func:`_two_ops`), if
+    that gives every target."""
     table: dict = {}
+    shifted: list[tuple[str, str]] = []
     for t, o in zip(outs1, target):
         try:
             v = op2(t)
-            v = last(v) if isinstance(last, Op) else v
+            v = final(v) if isinstance(final, Op) else v
         except Exception:
             return None
-        if last != "map":
-            if not _eq(v, o):
+        if final == "shifts":
+            if _letter_shifts(v, o) is None:
                 return None
-            continue
-        if not isinstance(v, str) or len(v) != len(o) or any(table.setdefault(a, b) != b for a, b in zip(v, o)):
+            shifted.append((v, o))
+        elif final == "map":
+            if not isinstance(v, str) or len(v) != len(o) or any(table.setdefault(a, b) != b for a, b in zip(v, o)):
+                return None
+        elif not _eq(v, o):
             return None
     steps = [Step("op", op1), Step("op", op2)]
-    if isinstance(last, tuple):
-        steps.append(Step("affix", pre=last[0], suf=last[1]))
-    elif isinstance(last, Op):
-        steps.append(Step("op", last))
-    elif last == "map":
+    if isinstance(final, Op):
+        steps.append(Step("op", final))
+    elif final == "map":
         if all(k == v for k, v in table.items()):
             return None
         steps.append(Step("map", table=table))
+    elif final == "shifts":
+        key = _periodic_key(shifted)
+        if key is None:
+            return None
+        steps.append(Step("shifts", table={"key": key[0], "letters_only": key[1]}))
     return Program(steps)
-
-
-
