@@ -10,9 +10,11 @@ op, the string itself, a count written as text, or nothing; ``sep`` read off the
 *keyed Caesar shift* (by ``a * count(s) + b``); a *per-word program* (any program found on the
 (word, output word) pairs); a *conditional* ``A(s) if cond(s) else B(s)`` (a predicate library
 on the input; each branch one op, alone, inside an affix or before a character map). The search
-tries, simplest first: one fixed op; the learned map before or after one fixed op; the same
+tries, simplest first: one fixed op; the learned map before or after one fixed op (before an op
+that changes a few single characters too, e.g. sorting words drops a lone space); the same
 inside a constant affix; a keyed shift; a concatenation; two fixed ops; a per-word program; a
-conditional; two fixed ops and a learned last step (affix, truncation or character map).
+conditional; two fixed ops (or one) and a learned last step (affix, truncation, Vigenère shift or
+character map, the last two also before an affix); three fixed ops.
 The first program consistent with every probe wins; else the one matching the most probes.
 
 Programs and their steps are :mod:`.string_program`; the learners built from sub-programs (keyed
@@ -144,6 +146,24 @@ def _seps(data, table) -> list[str]:
     return sorted(seps, key=len)[:3]
 
 
+def _maps_before(ops: list[Op], data, table: dict, done: list[Op]):
+    """``(g, map)`` for a map applied before an op ``g`` that changes a few single characters
+    (``sort the words`` drops a lone space): where ``g(c) != c`` the probe cannot show ``M(c)``, so
+    ``M(c) = c`` is assumed, and kept only if the probe's output is ``g(c)``; elsewhere ``M(c)`` is
+    the probe's output. Ops changing more than a fifth of the single characters are skipped."""
+    singles = [c for c in table if len(c) == 1]
+    for g in ops:
+        if g in done:
+            continue
+        try:
+            moved = [c for c in singles if g(c) != c]
+            if not moved or len(moved) > len(singles) // 5 or any(not _eq(table[c], g(c)) for c in moved):
+                continue
+        except Exception:  # an op that fails on a single character: no map before it
+            continue
+        yield g, {c: (c if c in moved else o) for c, o in table.items()}
+
+
 def _preserving(ops: list[Op], data) -> list[Op]:
     """Ops that leave every single-character probe unchanged (they commute with learning a map from singles)."""
     singles = [p for p, _ in data if len(p) == 1]
@@ -204,7 +224,7 @@ def search(data: list[tuple[str, Any]], deadline: float | None = None, lift: boo
         prog = learn(data)
         if prog is not None:
             return prog, 1.0
-    for learn in (_depth2, _per_word, _conditional, _depth3) if lift else (_depth2,):
+    for learn in (_depth2, _per_word, _conditional, _depth3, _three_ops) if lift else (_depth2,):
         prog = learn(data, deadline) if time.time() < deadline else None
         if prog is not None:
             return prog, 1.0
@@ -266,6 +286,9 @@ def _core_candidates(data):
             for g in pres:
                 yield Program([Step("op", g), m])
                 yield Program([m, Step("op", g)])
+        for g, tg in _maps_before(OPS, data, table, pres):
+            for sep in _seps(data, tg):
+                yield Program([Step("map", table=tg, sep=sep), Step("op", g)])
     for g in [IDENTITY] + OPS:  # a position-wise map after any op (it commutes with structural ops)
         table = _aligned_map(g, data)
         if table is not None:
@@ -380,3 +403,35 @@ def _explains(op1: Op, op2: Op, outs1, target, final) -> Program | None:
             return None
         steps.append(Step("shifts", table={"key": key[0], "letters_only": key[1]}))
     return Program(steps)
+
+
+def _three_ops(data, deadline, n_sample: int = 12) -> Program | None:
+    """Three fixed ops. The two-op prefixes are told apart by their outputs on ``n_sample`` of the
+    longest probes (one prefix per distinct output), each prefix is tried with every third op on
+    those probes first, and a survivor must explain every probe."""
+    sample = sorted(range(len(data)), key=lambda i: -len(data[i][0]))[:n_sample]
+    inputs = [data[i][0] for i in sample]
+    prefixes: dict[tuple, tuple[Op, Op]] = {}
+    for outs1, op1 in _distinct_outputs(OPS, inputs).items():
+        for outs2, op2 in _distinct_outputs(OPS, list(outs1)).items():
+            prefixes.setdefault(outs2, (op1, op2))
+            if time.time() > deadline:
+                return None
+    targets = [data[i][1] for i in sample]
+    for outs2, (op1, op2) in prefixes.items():
+        if time.time() > deadline:
+            return None
+        for op3 in OPS:
+            if _all_equal(op3, outs2, targets):
+                prog = Program([Step("op", op1), Step("op", op2), Step("op", op3)])
+                if _matches(prog, data):
+                    return prog
+    return None
+
+
+def _all_equal(op: Op, inputs, targets) -> bool:
+    """``op(x) == target`` for every pair (an op that raises explains nothing)."""
+    try:
+        return all(_eq(op(x), t) for x, t in zip(inputs, targets))
+    except Exception:
+        return False
