@@ -344,22 +344,27 @@ def _depth3(data, deadline) -> Program | None:
     cut = [Op(f"take{k}", f"return s[:{k}]", f"keep the first {k} characters"),
            Op(f"take_last{k}", f"return s[-{k}:]", f"keep the last {k} characters")] if k else []
     affixes = _affixes(data)
+    singles = _learn_map(data)  # the map read off single-character probes (deletions, duplications, ...)
+    # not when most single characters vanish: the last fixed op then emptied them (drop the last character), nothing to read
+    keeps = singles and sum(v != "" for v in singles.values()) > len(singles) // 2
+    read = [Step("map", table=singles, sep=sep) for sep in _seps(data, singles)] if keeps else []
     # a periodic shift (period >= 2) is tried before a free character map, which has more room to fit the probes by chance
-    lasts = [(a, None) for a in affixes] + [(None, c) for c in cut] + [(None, "shifts"), (None, "map")]
+    lasts = [(a, None) for a in affixes] + [(None, c) for c in cut] + [(None, m) for m in read] + [(None, "shifts"), (None, "map")]
     lasts += [(a, learned) for learned in ("shifts", "map") for a in affixes]
     return _two_ops(data, deadline, lasts)
 
 
 def _two_ops(data, deadline, lasts: list) -> Program | None:
     """``op2(op1(s))``, then a final step, then an affix, for each ``(affix, final)`` of ``lasts``
-    (``affix``: ``(pre, suf)`` or ``None``; ``final``: ``None``, an :class:`Op`, ``"map"`` — a
-    learned character map — or ``"shifts"`` — a learned periodic letter shift; with a learned final
-    step ``op2`` may also be the identity); each pair is abandoned at the first probe it cannot explain."""
+    (``affix``: ``(pre, suf)`` or ``None``; ``final``: ``None``, an :class:`Op`, a ready :class:`Step`,
+    ``"map"`` — a position-wise character map learned here — or ``"shifts"`` — a periodic letter
+    shift learned here; with a learned or ready final step ``op2`` may also be the identity); each
+    pair is abandoned at the first probe it cannot explain."""
     firsts = [(op, outs) for outs, op in _distinct_outputs(OPS, [p for p, _ in data]).items()]
     outs = [o for _, o in data]
     for affix, final in lasts:
         target = outs if affix is None else [o[len(affix[0]):len(o) - len(affix[1])] for o in outs]
-        seconds = [IDENTITY] + OPS if final in ("map", "shifts") else OPS
+        seconds = [IDENTITY] + OPS if isinstance(final, Step) or final in ("map", "shifts") else OPS
         for op1, outs1 in firsts:
             if time.time() > deadline:
                 return None
@@ -378,7 +383,7 @@ def _explains(op1: Op, op2: Op, outs1, target, final) -> Program | None:
     for t, o in zip(outs1, target):
         try:
             v = op2(t)
-            v = final(v) if isinstance(final, Op) else v
+            v = final(v) if isinstance(final, (Op, Step)) else v
         except Exception:
             return None
         if final == "shifts":
@@ -393,6 +398,8 @@ def _explains(op1: Op, op2: Op, outs1, target, final) -> Program | None:
     steps = [Step("op", op1), Step("op", op2)]
     if isinstance(final, Op):
         steps.append(Step("op", final))
+    elif isinstance(final, Step):
+        steps.append(final)
     elif final == "map":
         if all(k == v for k, v in table.items()):
             return None
@@ -407,8 +414,9 @@ def _explains(op1: Op, op2: Op, outs1, target, final) -> Program | None:
 
 def _three_ops(data, deadline, n_sample: int = 12) -> Program | None:
     """Three fixed ops. The two-op prefixes are told apart by their outputs on ``n_sample`` of the
-    longest probes (one prefix per distinct output), each prefix is tried with every third op on
-    those probes first, and a survivor must explain every probe."""
+    longest probes (one prefix per distinct output); prefixes with the same output on the first of
+    those probes share one check of each third op there; the rest of the sample, then every probe,
+    must agree."""
     sample = sorted(range(len(data)), key=lambda i: -len(data[i][0]))[:n_sample]
     inputs = [data[i][0] for i in sample]
     prefixes: dict[tuple, tuple[Op, Op]] = {}
@@ -417,15 +425,21 @@ def _three_ops(data, deadline, n_sample: int = 12) -> Program | None:
             prefixes.setdefault(outs2, (op1, op2))
             if time.time() > deadline:
                 return None
+    by_first: dict = {}
+    for outs2, pair in prefixes.items():
+        by_first.setdefault(outs2[0], []).append((outs2, pair))
     targets = [data[i][1] for i in sample]
-    for outs2, (op1, op2) in prefixes.items():
+    for first, members in by_first.items():
         if time.time() > deadline:
             return None
         for op3 in OPS:
-            if _all_equal(op3, outs2, targets):
-                prog = Program([Step("op", op1), Step("op", op2), Step("op", op3)])
-                if _matches(prog, data):
-                    return prog
+            if not _all_equal(op3, [first], targets[:1]):
+                continue
+            for outs2, (op1, op2) in members:
+                if _all_equal(op3, outs2[1:], targets[1:]):
+                    prog = Program([Step("op", op1), Step("op", op2), Step("op", op3)])
+                    if _matches(prog, data):
+                        return prog
     return None
 
 
