@@ -175,6 +175,9 @@ def _ops(name: str):
     # a map before an op that drops a lone space: the space probe cannot show the map, so it is taken as kept
     (lambda s: " ".join(sorted("".join("x" if c in "aeiouAEIOU" else c for c in s).split())), "sentences",
      "with 'x'; then sort the words"),
+    # two ops, then a deletion map read off the single-character probes
+    (lambda s: "".join(c for c in _ops("last_word")(_ops("sort_words")(s)) if c not in "aeiouAEIOU"), "sentences",
+     "sort the words; then keep the last word; then delete the characters"),
     # three fixed ops of the library, none of them a learned step: pig latin, '*' between characters, each word reversed
     (lambda s: _ops("reverse_each_word")(_ops("interleave'*'")(_ops("pig_latin")(s))), "sentences",
      "pig latin: move each word's first letter to its end and add 'ay'; then insert '*' between characters; then reverse each word"),
