@@ -188,6 +188,17 @@ def test_string_search_maps_before_lossy_ops_and_three_fixed_ops(fn, domain, wor
     assert words in rec["interpretation"]["description"].lower()
 
 
+@pytest.mark.parametrize("fn, words", [
+    (lambda x: math.exp(math.sin(x)), "oscillates with period about 6.2"),
+    (lambda x: math.sqrt(abs(x)) * math.sin(x), "with a varying amplitude"),
+])
+def test_numeric_fallback_description_names_the_period(fn, words):
+    """Compositions outside the grammar are fitted by interpolation; the description still says
+    that they oscillate, with which period, and whether the peaks keep one height."""
+    rec = evaluate(fn, SymbolicInterpreter(), "numeric", (-10, 10))
+    assert rec["score"] > 0.95 and words in rec["interpretation"]["description"]
+
+
 def test_neuron_interpreter_conjunction_of_concept_and_feature():
     """A unit firing on short body-part words only (concept AND length <= 4): the additive model
     could only say "body parts"."""

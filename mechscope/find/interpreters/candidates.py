@@ -131,4 +131,23 @@ def describe_shape(kx, ky, jumps, noisy) -> str:
              f"ranging from {_g(ky[i_min])} (at x = {_g(kx[i_min])}) to {_g(ky[i_max])} (at x = {_g(kx[i_max])})."]
     if jumps:
         parts.append(f" Jumps at x = {', '.join(_g(j) for j in jumps[:10])}{' ...' if len(jumps) > 10 else ''}.")
+    else:
+        parts.append(_oscillation(kx, ky))
     return "".join(parts)
+
+
+def _oscillation(kx, ky) -> str:
+    """A sentence on regular oscillation: the period (the spacing of the local maxima, when at
+    least three are evenly spaced) and whether the peaks are of one height (the same shape
+    repeating) or not (a varying amplitude); ``""`` otherwise."""
+    d = np.diff(ky)
+    peaks = [i + 1 for i in range(len(d) - 1) if d[i] > 0 >= d[i + 1]]
+    if len(peaks) < 3:
+        return ""
+    gaps = np.diff(np.asarray(kx)[peaks])
+    if np.std(gaps) > 0.1 * np.mean(gaps):
+        return ""
+    heights = np.asarray(ky)[peaks]
+    same = np.ptp(heights) <= 0.05 * (np.ptp(ky) + 1e-300)
+    return (f" It oscillates with period about {_g(np.mean(gaps))}"
+            f"{', the same shape repeating' if same else ', with a varying amplitude'}.")
