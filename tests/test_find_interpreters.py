@@ -1,6 +1,7 @@
 """The offline interpreters solve simple functions, and generalise to a suite from an unseen seed."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -197,6 +198,22 @@ def test_numeric_fallback_description_names_the_period(fn, words):
     that they oscillate, with which period, and whether the peaks keep one height."""
     rec = evaluate(fn, SymbolicInterpreter(), "numeric", (-10, 10))
     assert rec["score"] > 0.95 and words in rec["interpretation"]["description"]
+
+
+def test_sums_whose_terms_cancel_are_not_formulas():
+    """Two ReLU-like families summed have two linear columns: +1000 u and -1000 u fit anything the
+    rest fits, and describe nothing; such sums are left out of the candidates (a degree-7
+    polynomial was described as 2177 sin(1.39x) - 2168 sin(1.37x))."""
+    from mechscope.find.interpreters.families import Ctx, all_families
+    from mechscope.find.interpreters.fit import Fit, cancels, sum_family
+
+    hinge = next(f for f in all_families() if f.name == "hinge")
+    fam, ctx, x = sum_family(hinge, hinge), Ctx(-5, 5), np.linspace(-5, 5, 101)
+    assert not cancels(Fit(fam, np.array([0.0, 1.0]), np.array([0.5, 1.0, 2.0, 0.0, 0.0]), 0.0, ctx), x)
+    assert cancels(Fit(fam, np.array([0.0, 1.0]), np.array([0.5, 1000.0, 2.0, -1000.0, 0.0]), 0.0, ctx), x)
+    rec = evaluate(lambda v: 0.001 * v ** 7 - v ** 3 + 2 * v, SymbolicInterpreter(), "numeric", (-3, 3))
+    numbers = [abs(float(t)) for t in re.findall(r"\d+\.?\d*(?:e[+-]?\d+)?", rec["interpretation"]["description"])]
+    assert rec["score"] > 0.95 and max(numbers, default=0.0) < 500  # outputs span about 40; no cancelling giants
 
 
 def test_neuron_interpreter_conjunction_of_concept_and_feature():

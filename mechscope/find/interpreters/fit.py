@@ -178,6 +178,16 @@ def fit_family(fam: Family, x, y, ctx: Ctx, n_starts: int = 3, grid: np.ndarray 
     return best
 
 
+def cancels(fit: Fit, x, ratio: float = 20.0) -> bool:
+    """Whether some term of ``fit`` varies ``ratio`` times more than their sum over ``x``: terms
+    that cancel each other (e.g. 2177 sin(1.39x) - 2168 sin(1.37x) standing in for a polynomial),
+    a formula that fits but describes nothing."""
+    with np.errstate(all="ignore"):
+        cols = fit.family.basis(np.asarray(x, float), fit.theta[None, :], fit.ctx)[0] * fit.beta  # [n, k]
+    spread = np.ptp(cols, axis=0)
+    return bool(np.all(np.isfinite(spread)) and spread.max() > ratio * max(float(np.ptp(cols.sum(-1))), 1e-300))
+
+
 def sum_family(f1: Family, f2: Family) -> Family:
     """The family ``f1 + f2`` (one shared constant column)."""
     n1 = f1.n_theta

@@ -27,7 +27,7 @@ from mechscope.find.interpreters.candidates import Candidate, choose, describe_s
 from mechscope.find.interpreters.changepoints import jump_candidates, refine_jumps
 from mechscope.find.interpreters.corruption import find_corruption, slack
 from mechscope.find.interpreters.families import Ctx, all_families
-from mechscope.find.interpreters.fit import Fit, fit_family, fit_sum, lm_refine, snap
+from mechscope.find.interpreters.fit import Fit, cancels, fit_family, fit_sum, lm_refine, snap
 from mechscope.find.interpreters.nonparam import interp_code, smooth
 from mechscope.find.protocol import BlackBoxHandle, Interpretation
 
@@ -133,7 +133,7 @@ class SymbolicInterpreter:
                     if time.time() - t0 > self.time_budget * 0.5:  # a safety net; normally never reached
                         break
                     f = fit_sum(f1, fam2, xf, yf)
-                    if f is not None:
+                    if f is not None and not cancels(f, xf):
                         mv = mse(f.predict, xv, yv)
                         fits.append((crit(mv, f.k), f, mv))
             fits.sort(key=lambda t: t[0])
