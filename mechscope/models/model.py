@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,17 +99,18 @@ def require_hooked_transformer(model: Model | nn.Module, what: str, error: type[
     return model
 
 
-def post_norm_architectures() -> set[str]:
+@functools.cache
+def post_norm_architectures() -> frozenset[str]:
     """TransformerLens's post-norm architectures (OLMo 2 / 3: attention and MLP read the raw
     residual, ``ln1`` / ``ln2`` normalize their *outputs*); empty for TransformerLens releases
-    that lack the set."""
+    that lack the set. Read once."""
     import importlib
 
     try:
         arch = importlib.import_module("transformer_lens.utilities.architectures")
     except ModuleNotFoundError:
-        return set()
-    return set(getattr(arch, "POST_NORM_ARCHITECTURES", ()))
+        return frozenset()
+    return frozenset(getattr(arch, "POST_NORM_ARCHITECTURES", ()))
 
 
 @dataclass(frozen=True)

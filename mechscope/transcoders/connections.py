@@ -36,7 +36,7 @@ from torch import Tensor
 from mechscope.errors import ConfigError
 from mechscope.models.model import as_model
 from mechscope.models.model import sublayer_norms
-from mechscope.transcoders.replacement import TranscoderSet, _weight, check_model, read_direction
+from mechscope.transcoders.replacement import TranscoderSet, _weight, attention_input_read, check_model, read_direction
 
 
 class _Weights:
@@ -45,6 +45,7 @@ class _Weights:
     def __init__(self, model, ts: TranscoderSet):
         self.model = as_model(model)
         self.cfg = check_model(self.model)
+        self.norms = sublayer_norms(self.cfg)
         ts.check(self.model)
         self.ts = ts
         self._c: dict = {}
@@ -74,10 +75,9 @@ class _Weights:
         """``(C(writers) ⊙ w1) W_V^h W_O^h``: what head ``head`` of ``layer`` writes when it attends
         fully to a position holding each writer vector (times ``ln1_post``'s weight ``w1p`` in
         post-norm models; its scale dropped like the others). ``writers [n, d_model] -> [n, d_model]``."""
-        norms = sublayer_norms(self.cfg)
-        x = (read_direction(writers, self.cfg) if norms.attn_in else writers) * self.w("ln1_w", layer)
+        x = attention_input_read(writers, self.cfg, self.norms) * self.w("ln1_w", layer)
         out = (x @ self.w("W_V", layer)[head]) @ self.w("W_O", layer)[head]
-        return out * self.w("ln1_post_w", layer) if norms.attn_out else out
+        return out * self.w("ln1_post_w", layer) if self.norms.attn_out else out
 
 
 def _weights(model, ts) -> _Weights:

@@ -222,6 +222,13 @@ def read_direction(u: Tensor, cfg, scale: Tensor | float | None = None) -> Tenso
     return v if scale is None else v / scale
 
 
+def attention_input_read(u: Tensor, cfg, norms, scale: Tensor | float | None = None) -> Tensor:
+    """``u`` read through the norm before attention (:func:`read_direction`; ``scale`` ``None``:
+    the input-invariant form), or ``u`` itself when attention reads the raw residual (``norms``:
+    :func:`~mechscope.models.model.sublayer_norms` of ``cfg``)."""
+    return read_direction(u, cfg, scale) if norms.attn_in else u
+
+
 # ------------------------------------------------------------------------------------------
 # one run
 # ------------------------------------------------------------------------------------------
@@ -381,7 +388,7 @@ class ReplacementRun:
         """The residual-stream direction at ``(batch, pos)`` whose dot product with the residual is
         ``u`` read through layer ``layer``'s attention-input norm (scale frozen): ``C(u) / s1``, or
         ``u`` when attention reads the raw residual (no norm, or OLMo 2's post-norm-only blocks)."""
-        return read_direction(u, self.cfg, self.s1[layer][batch, pos]) if self.norms.attn_in else u
+        return attention_input_read(u, self.cfg, self.norms, self.s1[layer][batch, pos])
 
     def raw_logits(self, batch: int, pos: int) -> Tensor:
         """``[vocab]`` float64: the logits before the output soft-cap, recomputed from the final residual."""
