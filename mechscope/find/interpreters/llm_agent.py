@@ -37,6 +37,7 @@ from mechscope.find.functions import compile_code
 from mechscope.find.interpreters.llm_reply import parse_final, parse_queries
 from mechscope.find.llm import ChatClient, LLMConfig
 from mechscope.find.protocol import BlackBoxHandle, Interpretation, QueryBudgetError
+from mechscope.find.scoring import same_output
 
 __all__ = ["LLMAgentInterpreter", "parse_final", "parse_queries", "self_check", "warm_start_inputs"]
 
@@ -94,8 +95,6 @@ def self_check(code: str, handle: BlackBoxHandle) -> str | None:
     """``None`` when ``code`` runs and agrees with every answer the black box gave so far (within the
     category's tolerance); otherwise a message for the model naming the problem and the worst
     disagreements."""
-    from mechscope.find.scoring import same_output
-
     try:
         f = compile_code(code, what="your CODE")
     except FormatError as e:
@@ -113,7 +112,7 @@ def self_check(code: str, handle: BlackBoxHandle) -> str | None:
     if crashed:
         return (f"Your f raises on {len(crashed)} of the {len(seen)} inputs queried so far, e.g. " + "; ".join(crashed[:3]) +
                 ". Fix it and give the final answer again.")
-    bad = _disagreements(handle.category, seen, preds, same_output)
+    bad = _disagreements(handle.category, seen, preds)
     if not bad:
         return None
     rows = "\n".join(f"  f({x!r}) = {y!r}, your f gives {p!r}" for x, y, p in bad[:SHOWN])
@@ -121,7 +120,7 @@ def self_check(code: str, handle: BlackBoxHandle) -> str | None:
             "Revise your answer (you may query more), or give the same final answer again if the differences are noise.")
 
 
-def _disagreements(category: str, seen: list[tuple], preds: list, same_output) -> list[tuple]:
+def _disagreements(category: str, seen: list[tuple], preds: list) -> list[tuple]:
     """``(x, y, pred)`` rows that count as disagreements, worst first; ``[]`` when the fit is good enough."""
     if category == "string":
         return [(x, y, p) for (x, y), p in zip(seen, preds) if not same_output(p, y)]
